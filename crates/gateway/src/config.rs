@@ -1,0 +1,819 @@
+//! Configuration: one TOML file (every table `deny_unknown_fields`), environment overrides, validation.
+//!
+//! Without a file the gateway builds a config from the environment: provider keys found there enable
+//! real providers; with none, demo mode serves two simulated deployments.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use optiroute_protocol::pricing::{Nanos, Price, known_price};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub deployments: Vec<DeploymentConfig>,
+    pub models: Vec<ModelGroupConfig>,
+    pub routing: RoutingConfig,
+    pub resilience: ResilienceConfig,
+    pub cache: CacheConfig,
+    /// Set when the config was made up because nothing was configured.
+    #[serde(skip)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits.
+    pub shutdown_grace_secs: u64,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Log prompt and completion text (off by default).
+    pub log_prompts: bool,
+    /// Most messages one request may carry.
+    pub max_messages: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            body_limit_bytes: 4 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            log_format: "text".into(),
+            log_prompts: false,
+            max_messages: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp, TGI Messages API, Groq, Together.
+    Openai,
+    Anthropic,
+    Huggingface,
+    Simulated,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Name of the environment variable that holds the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Extra headers sent upstream (values may be `env:NAME` to read a secret from the environment).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    /// OpenAI-compatible only: ask for usage in streams (`stream_options.include_usage`).
+    #[serde(default = "yes")]
+    pub stream_usage: bool,
+    /// Anthropic only: API version header.
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
+    /// Hugging Face only: prompt template (`plain` or `chatml`).
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    #[serde(default)]
+    pub simulated: SimulatedConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    pub connect_ms: u64,
+    /// Until the response headers (non-streaming: until the whole body).
+    pub first_byte_ms: u64,
+    /// Longest gap between two stream chunks.
+    pub idle_ms: u64,
+    /// Whole request, including streaming.
+    pub total_ms: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            connect_ms: 5_000,
+            first_byte_ms: 60_000,
+            idle_ms: 30_000,
+            total_ms: 600_000,
+        }
+    }
+}
+
+impl TimeoutConfig {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_millis(self.first_byte_ms)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+    pub fn total(&self) -> Duration {
+        Duration::from_millis(self.total_ms)
+    }
+}
+
+/// The built-in simulated provider: deterministic text, configurable latency, speed and failures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatedConfig {
+    /// Time to first token.
+    pub latency_ms: u64,
+    /// Uniform jitter added to the latency, 0..=jitter.
+    pub jitter_ms: u64,
+    /// Output speed; 0 means all at once.
+    pub tokens_per_s: f64,
+    /// Share of requests that fail with a 503, 0.0..=1.0.
+    pub failure_rate: f64,
+    /// Words in each answer (before `max_tokens` caps it).
+    pub answer_words: usize,
+    pub seed: u64,
+}
+
+impl Default for SimulatedConfig {
+    fn default() -> Self {
+        SimulatedConfig {
+            latency_ms: 50,
+            jitter_ms: 0,
+            tokens_per_s: 0.0,
+            failure_rate: 0.0,
+            answer_words: 40,
+            seed: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// Unique name; clients may send it as `model` to address this deployment directly.
+    pub name: String,
+    pub provider: String,
+    /// Model name sent upstream.
+    pub model: String,
+    /// Routing tier (e.g. `local`, `cloud`), used by `auto`.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// USD per 1M input tokens; omitted = the built-in list price of `model`, or free.
+    #[serde(default)]
+    pub input_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    pub output_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    pub cached_input_usd_per_mtok: Option<f64>,
+    /// Flat USD per request (local GPUs priced by the call).
+    #[serde(default)]
+    pub usd_per_request: Option<f64>,
+    /// Context window in tokens.
+    #[serde(default)]
+    pub context_window: Option<u64>,
+    #[serde(default = "yes")]
+    pub supports_tools: bool,
+    #[serde(default = "yes")]
+    pub supports_json: bool,
+    #[serde(default = "yes")]
+    pub supports_vision: bool,
+    /// Relative weight for the `weighted` strategy.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Anthropic: `max_tokens` when the client sends none.
+    #[serde(default)]
+    pub default_max_tokens: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl DeploymentConfig {
+    pub fn price(&self) -> Price {
+        let configured = self.input_usd_per_mtok.is_some() || self.output_usd_per_mtok.is_some();
+        let mut p = if configured {
+            let mut p = Price::per_mtok(
+                self.input_usd_per_mtok.unwrap_or(0.0),
+                self.output_usd_per_mtok.unwrap_or(0.0),
+            );
+            if let Some(c) = self.cached_input_usd_per_mtok {
+                p = p.with_cached_input(c);
+            }
+            p
+        } else {
+            known_price(&self.model).unwrap_or_default()
+        };
+        if let Some(r) = self.usd_per_request {
+            p.per_request = Nanos::from_usd(r);
+        }
+        p
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Ordered fallback: first healthy deployment serves.
+    #[default]
+    Priority,
+    Weighted,
+    LeastLatency,
+    LeastBusy,
+}
+
+/// A public model name mapped to deployments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelGroupConfig {
+    pub name: String,
+    pub deployments: Vec<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Cache TTL for this group, overriding `cache.ttl_secs`.
+    #[serde(default)]
+    pub cache_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Scorer behind `auto`: `heuristic` (default), `length` (the original 60-character rule) or `learned`.
+    pub strategy: String,
+    /// Tiers from cheapest to strongest.
+    pub tiers: Vec<String>,
+    /// Score at or above which a request goes to the strong tier.
+    pub threshold: f64,
+    /// `length` strategy: prompts longer than this many characters go to the strong tier.
+    pub length_threshold_chars: usize,
+    /// Deployment whose price is the reference for "saved by routing"; default: first of the strongest tier.
+    pub reference: Option<String>,
+    /// Per model group bias added to the score before comparing with the threshold.
+    pub bias: BTreeMap<String, f64>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            strategy: "heuristic".into(),
+            tiers: vec!["local".into(), "cloud".into()],
+            threshold: 0.5,
+            length_threshold_chars: 60,
+            reference: None,
+            bias: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceConfig {
+    /// Attempts on one deployment (1 = no retry).
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Deadline for all attempts and fallbacks of one request.
+    pub deadline_ms: u64,
+    pub breaker: BreakerConfig,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            max_attempts: 2,
+            backoff_base_ms: 100,
+            backoff_max_ms: 5_000,
+            deadline_ms: 120_000,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive upstream failures that open the breaker.
+    pub consecutive_failures: u32,
+    /// Error ratio over the window that opens the breaker (with at least `min_requests`).
+    pub error_ratio: f64,
+    pub window_secs: u64,
+    pub min_requests: u32,
+    pub cooldown_secs: u64,
+    pub max_cooldown_secs: u64,
+    /// Probe requests admitted while half-open.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: 3,
+            error_ratio: 0.5,
+            window_secs: 30,
+            min_requests: 20,
+            cooldown_secs: 30,
+            max_cooldown_secs: 300,
+            half_open_probes: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// `memory` or `redis`.
+    pub backend: String,
+    /// Redis URL, or the name of an environment variable holding it as `env:NAME`.
+    pub redis_url: Option<String>,
+    pub ttl_secs: u64,
+    /// Memory backend bound, in bytes of cached responses.
+    pub max_bytes: u64,
+    /// Cache requests with temperature > 0 too.
+    pub cache_nondeterministic: bool,
+    /// Redis operation timeout; a slower Redis counts as a miss.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            backend: "memory".into(),
+            redis_url: None,
+            ttl_secs: 3600,
+            max_bytes: 256 * 1024 * 1024,
+            cache_nondeterministic: true,
+            redis_timeout_ms: 50,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid { path: String, key: String, message: String },
+}
+
+impl Config {
+    /// Loads a TOML file and validates it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// The config used when no file is given: providers whose keys are in the environment, or demo mode.
+    pub fn from_env() -> Config {
+        let mut cfg = Config::default();
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let mut tiers_local = Vec::new();
+        let mut tiers_cloud = Vec::new();
+        let mut add = |cfg: &mut Config, p: ProviderConfig, d: DeploymentConfig| {
+            if d.tier.as_deref() == Some("local") {
+                tiers_local.push(d.name.clone());
+            } else {
+                tiers_cloud.push(d.name.clone());
+            }
+            cfg.providers.push(p);
+            cfg.deployments.push(d);
+        };
+        if let Some(url) = env("OPTIROUTE_LOCAL_URL").or_else(|| env("OLLAMA_HOST").map(ollama_url)) {
+            let model = env("OPTIROUTE_LOCAL_MODEL").unwrap_or_else(|| "llama3.1:8b".into());
+            add(
+                &mut cfg,
+                ProviderConfig::new("local-gpu", ProviderKind::Openai, Some(url), None),
+                DeploymentConfig::new("local", "local-gpu", &model, "local"),
+            );
+        }
+        if env("OPENAI_API_KEY").is_some() {
+            add(
+                &mut cfg,
+                ProviderConfig::new(
+                    "openai",
+                    ProviderKind::Openai,
+                    Some("https://api.openai.com/v1".into()),
+                    Some("OPENAI_API_KEY".into()),
+                ),
+                DeploymentConfig::new("gpt-4o-mini", "openai", "gpt-4o-mini", "cloud"),
+            );
+        }
+        if env("ANTHROPIC_API_KEY").is_some() {
+            add(
+                &mut cfg,
+                ProviderConfig::new(
+                    "anthropic",
+                    ProviderKind::Anthropic,
+                    Some("https://api.anthropic.com".into()),
+                    Some("ANTHROPIC_API_KEY".into()),
+                ),
+                DeploymentConfig::new("claude-3-5-haiku", "anthropic", "claude-3-5-haiku-latest", "cloud"),
+            );
+        }
+        if env("HF_TOKEN").is_some() && env("HF_TGI_URL").is_some() {
+            add(
+                &mut cfg,
+                ProviderConfig::new(
+                    "huggingface",
+                    ProviderKind::Huggingface,
+                    env("HF_TGI_URL"),
+                    Some("HF_TOKEN".into()),
+                ),
+                DeploymentConfig::new("hf", "huggingface", "tgi", "cloud"),
+            );
+        }
+        if cfg.deployments.is_empty() {
+            return Config::demo(None);
+        }
+        cfg
+    }
+
+    /// Demo mode: two simulated deployments, `local` (free, fast) and `cloud` (priced like a strong
+    /// hosted model, slower). `local_latency_ms` overrides the local model's latency.
+    pub fn demo(local_latency_ms: Option<u64>) -> Config {
+        let mut local = ProviderConfig::new("sim-local", ProviderKind::Simulated, None, None);
+        local.simulated = SimulatedConfig {
+            latency_ms: local_latency_ms.unwrap_or(40),
+            jitter_ms: 20,
+            tokens_per_s: 400.0,
+            seed: 1,
+            ..SimulatedConfig::default()
+        };
+        let mut cloud = ProviderConfig::new("sim-cloud", ProviderKind::Simulated, None, None);
+        cloud.simulated = SimulatedConfig {
+            latency_ms: 250,
+            jitter_ms: 100,
+            tokens_per_s: 150.0,
+            answer_words: 80,
+            seed: 2,
+            ..SimulatedConfig::default()
+        };
+        let mut d_local = DeploymentConfig::new("local", "sim-local", "sim-local-8b", "local");
+        d_local.input_usd_per_mtok = Some(0.0);
+        d_local.output_usd_per_mtok = Some(0.0);
+        d_local.usd_per_request = Some(0.00002);
+        d_local.context_window = Some(8192);
+        d_local.supports_tools = false;
+        d_local.supports_vision = false;
+        let mut d_cloud = DeploymentConfig::new("cloud", "sim-cloud", "sim-cloud-large", "cloud");
+        d_cloud.input_usd_per_mtok = Some(2.50);
+        d_cloud.output_usd_per_mtok = Some(10.00);
+        d_cloud.context_window = Some(128_000);
+        Config {
+            providers: vec![local, cloud],
+            deployments: vec![d_local, d_cloud],
+            demo: true,
+            ..Config::default()
+        }
+    }
+
+    /// A small valid config for tests: demo deployments with no latency.
+    pub fn test_default() -> Config {
+        let mut cfg = Config::demo(Some(0));
+        for p in &mut cfg.providers {
+            p.simulated.latency_ms = 0;
+            p.simulated.jitter_ms = 0;
+            p.simulated.tokens_per_s = 0.0;
+        }
+        cfg.server.port = 0;
+        cfg
+    }
+
+    /// Checks cross-references and ranges. `origin` names the file in messages.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            message,
+        };
+        let mut names = HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            if !names.insert(p.name.as_str()) {
+                return Err(bad(
+                    format!("providers[{i}].name"),
+                    format!("duplicate provider `{}`", p.name),
+                ));
+            }
+            if p.kind != ProviderKind::Simulated {
+                match &p.base_url {
+                    None => {
+                        return Err(bad(
+                            format!("providers[{i}].base_url"),
+                            format!("required for a `{:?}` provider", p.kind).to_lowercase(),
+                        ));
+                    }
+                    Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                        return Err(bad(
+                            format!("providers[{i}].base_url"),
+                            "must start with http:// or https://".into(),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            let s = &p.simulated;
+            if !(0.0..=1.0).contains(&s.failure_rate) {
+                return Err(bad(
+                    format!("providers[{i}].simulated.failure_rate"),
+                    "must be between 0 and 1".into(),
+                ));
+            }
+            if !s.tokens_per_s.is_finite() || s.tokens_per_s < 0.0 {
+                return Err(bad(
+                    format!("providers[{i}].simulated.tokens_per_s"),
+                    "must be a non-negative number".into(),
+                ));
+            }
+            if let Some(t) = &p.chat_template
+                && !matches!(t.as_str(), "plain" | "chatml")
+            {
+                return Err(bad(
+                    format!("providers[{i}].chat_template"),
+                    "must be `plain` or `chatml`".into(),
+                ));
+            }
+        }
+        if self.deployments.is_empty() {
+            return Err(bad("deployments".into(), "at least one deployment is required".into()));
+        }
+        let mut dep_names = HashSet::new();
+        for (i, d) in self.deployments.iter().enumerate() {
+            if d.name == "auto" {
+                return Err(bad(format!("deployments[{i}].name"), "`auto` is reserved".into()));
+            }
+            if !dep_names.insert(d.name.as_str()) {
+                return Err(bad(
+                    format!("deployments[{i}].name"),
+                    format!("duplicate deployment `{}`", d.name),
+                ));
+            }
+            if !names.contains(d.provider.as_str()) {
+                return Err(bad(
+                    format!("deployments[{i}].provider"),
+                    format!("no provider named `{}`", d.provider),
+                ));
+            }
+            for (k, v) in [
+                ("input_usd_per_mtok", d.input_usd_per_mtok),
+                ("output_usd_per_mtok", d.output_usd_per_mtok),
+                ("cached_input_usd_per_mtok", d.cached_input_usd_per_mtok),
+                ("usd_per_request", d.usd_per_request),
+            ] {
+                if let Some(v) = v
+                    && (!v.is_finite() || v < 0.0)
+                {
+                    return Err(bad(
+                        format!("deployments[{i}].{k}"),
+                        "must be a non-negative number".into(),
+                    ));
+                }
+            }
+        }
+        let mut group_names = HashSet::new();
+        for (i, g) in self.models.iter().enumerate() {
+            if g.name == "auto" || dep_names.contains(g.name.as_str()) {
+                return Err(bad(
+                    format!("models[{i}].name"),
+                    format!("`{}` is already a deployment name or reserved", g.name),
+                ));
+            }
+            if !group_names.insert(g.name.as_str()) {
+                return Err(bad(
+                    format!("models[{i}].name"),
+                    format!("duplicate model group `{}`", g.name),
+                ));
+            }
+            if g.deployments.is_empty() {
+                return Err(bad(format!("models[{i}].deployments"), "must not be empty".into()));
+            }
+            for d in &g.deployments {
+                if !dep_names.contains(d.as_str()) {
+                    return Err(bad(
+                        format!("models[{i}].deployments"),
+                        format!("no deployment named `{d}`"),
+                    ));
+                }
+            }
+        }
+        let r = &self.routing;
+        if !matches!(r.strategy.as_str(), "heuristic" | "length" | "learned") {
+            return Err(bad(
+                "routing.strategy".into(),
+                "must be `heuristic`, `length` or `learned`".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&r.threshold) {
+            return Err(bad("routing.threshold".into(), "must be between 0 and 1".into()));
+        }
+        if let Some(reference) = &r.reference
+            && !dep_names.contains(reference.as_str())
+        {
+            return Err(bad(
+                "routing.reference".into(),
+                format!("no deployment named `{reference}`"),
+            ));
+        }
+        for group in r.bias.keys() {
+            if group != "auto" && !group_names.contains(group.as_str()) {
+                return Err(bad(format!("routing.bias.{group}"), "no such model group".into()));
+            }
+        }
+        let res = &self.resilience;
+        if res.max_attempts == 0 {
+            return Err(bad("resilience.max_attempts".into(), "must be at least 1".into()));
+        }
+        if res.breaker.consecutive_failures == 0 {
+            return Err(bad(
+                "resilience.breaker.consecutive_failures".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if res.breaker.half_open_probes == 0 {
+            return Err(bad(
+                "resilience.breaker.half_open_probes".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&res.breaker.error_ratio) || res.breaker.error_ratio == 0.0 {
+            return Err(bad("resilience.breaker.error_ratio".into(), "must be in (0, 1]".into()));
+        }
+        if !matches!(self.cache.backend.as_str(), "memory" | "redis") {
+            return Err(bad("cache.backend".into(), "must be `memory` or `redis`".into()));
+        }
+        if self.cache.backend == "redis" && self.cache.redis_url.is_none() {
+            return Err(bad(
+                "cache.redis_url".into(),
+                "required when cache.backend = \"redis\"".into(),
+            ));
+        }
+        if !matches!(self.server.log_format.as_str(), "text" | "json") {
+            return Err(bad("server.log_format".into(), "must be `text` or `json`".into()));
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(bad("server.body_limit_bytes".into(), "must be at least 1024".into()));
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML, with every secret masked. Provider keys are referenced by env var
+    /// name and never stored here, but header values and URLs may carry credentials.
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        for p in &mut c.providers {
+            for v in p.headers.values_mut() {
+                if !v.starts_with("env:") {
+                    *v = "****".into();
+                }
+            }
+            if let Some(u) = &p.base_url {
+                p.base_url = Some(mask_url_credentials(u));
+            }
+        }
+        if let Some(u) = &c.cache.redis_url {
+            c.cache.redis_url = Some(mask_url_credentials(u));
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Deployments of a tier, in config order.
+    pub fn tier_deployments(&self, tier: &str) -> Vec<&DeploymentConfig> {
+        self.deployments
+            .iter()
+            .filter(|d| d.tier.as_deref() == Some(tier))
+            .collect()
+    }
+}
+
+/// Replaces `user:password@` in a URL with `****@`.
+pub fn mask_url_credentials(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..host_end].rfind('@') {
+            return format!("{}://****@{}", &url[..scheme_end], &rest[at + 1..]);
+        }
+    }
+    url.to_owned()
+}
+
+fn ollama_url(host: String) -> String {
+    let base = if host.starts_with("http") {
+        host
+    } else {
+        format!("http://{host}")
+    };
+    format!("{}/v1", base.trim_end_matches('/'))
+}
+
+impl ProviderConfig {
+    pub fn new(name: &str, kind: ProviderKind, base_url: Option<String>, api_key_env: Option<String>) -> Self {
+        ProviderConfig {
+            name: name.into(),
+            kind,
+            base_url,
+            api_key_env,
+            headers: BTreeMap::new(),
+            timeouts: TimeoutConfig::default(),
+            stream_usage: true,
+            anthropic_version: None,
+            chat_template: None,
+            simulated: SimulatedConfig::default(),
+        }
+    }
+}
+
+impl DeploymentConfig {
+    pub fn new(name: &str, provider: &str, model: &str, tier: &str) -> Self {
+        DeploymentConfig {
+            name: name.into(),
+            provider: provider.into(),
+            model: model.into(),
+            tier: Some(tier.into()),
+            input_usd_per_mtok: None,
+            output_usd_per_mtok: None,
+            cached_input_usd_per_mtok: None,
+            usd_per_request: None,
+            context_window: None,
+            supports_tools: true,
+            supports_json: true,
+            supports_vision: true,
+            weight: 1,
+            default_max_tokens: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn demo_and_test_default_are_valid() {
+        Config::demo(None).validate("demo").unwrap();
+        Config::test_default().validate("test").unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = toml::from_str::<Config>("[server]\nprot = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = Config::test_default();
+        c.deployments[0].provider = "nope".into();
+        let e = c.validate("x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("x.toml") && e.contains("deployments[0].provider") && e.contains("nope"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn masking_hides_credentials() {
+        assert_eq!(
+            mask_url_credentials("redis://u:secret@h:6379/0"),
+            "redis://****@h:6379/0"
+        );
+        assert_eq!(mask_url_credentials("http://h/v1"), "http://h/v1");
+        let mut c = Config::test_default();
+        c.providers[0].headers.insert("x-key".into(), "sk-secret".into());
+        c.cache.redis_url = Some("redis://:pw123@localhost".into());
+        let out = c.to_masked_toml();
+        assert!(!out.contains("sk-secret") && !out.contains("pw123"), "{out}");
+    }
+}

@@ -1,0 +1,875 @@
+//! The request pipeline: plan the route, look up the cache, coalesce identical requests, call upstream
+//! through the resilience loop, account for usage and cost, store the answer.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use optiroute_protocol::openai::{ChatChunk, ChatCompletion, ChatRequest, ChunkAccumulator, Usage};
+use optiroute_protocol::pricing::Nanos;
+use optiroute_protocol::sse;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cache::{CachedResponse, Key, Lookup};
+use crate::error::{ApiError, UpstreamError};
+use crate::providers::{CallTarget, ChunkStream};
+use crate::resilience::breaker::Permit;
+use crate::resilience::retry;
+use crate::routing::Plan;
+use crate::state::{AppState, SharedState};
+use crate::telemetry::{CacheOp, Decision, EventType, Outcome, Reason, Tokens};
+
+/// Per-request options from headers.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub forced_tier: Option<String>,
+    /// `Cache-Control: no-cache`: do not look up (still store).
+    pub no_cache: bool,
+    /// `Cache-Control: no-store`: do not store.
+    pub no_store: bool,
+    /// Tenant (API key id) for cache isolation; empty without auth.
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+}
+
+/// What the gateway tells the client about how a request was served (headers and the `optiroute` object).
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub provider: String,
+    pub model: String,
+    pub deployment: String,
+    pub tier: Option<String>,
+    pub route_reason: String,
+    pub cache: CacheStatus,
+    #[serde(serialize_with = "as_usd")]
+    pub cost_usd: Nanos,
+    #[serde(serialize_with = "as_usd")]
+    pub saved_usd: Nanos,
+    pub saved_by: Option<&'static str>,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub usage_estimated: bool,
+    #[serde(skip)]
+    pub usage: Option<Usage>,
+}
+
+fn as_usd<S: serde::Serializer>(n: &Nanos, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(n.as_usd())
+}
+
+/// Single flight: concurrent identical cacheable requests share one upstream call.
+#[derive(Default)]
+pub struct Coalescer {
+    inflight: Mutex<HashMap<Key, watch::Receiver<Option<Arc<CachedResponse>>>>>,
+}
+
+pub enum Flight<'a> {
+    Leader(LeaderGuard<'a>),
+    Follower(watch::Receiver<Option<Arc<CachedResponse>>>),
+}
+
+/// Held by the request that calls upstream. Publishing (or dropping, on failure) releases followers.
+pub struct LeaderGuard<'a> {
+    co: &'a Coalescer,
+    key: Key,
+    tx: watch::Sender<Option<Arc<CachedResponse>>>,
+}
+
+impl LeaderGuard<'_> {
+    pub fn publish(self, value: Arc<CachedResponse>) {
+        let _ = self.tx.send(Some(value));
+    }
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.co.inflight.lock() {
+            m.remove(&self.key);
+        }
+    }
+}
+
+impl Coalescer {
+    pub fn join(&self, key: Key) -> Flight<'_> {
+        let Ok(mut m) = self.inflight.lock() else {
+            let (tx, _) = watch::channel(None);
+            return Flight::Leader(LeaderGuard { co: self, key, tx });
+        };
+        if let Some(rx) = m.get(&key) {
+            return Flight::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        m.insert(key, rx);
+        Flight::Leader(LeaderGuard { co: self, key, tx })
+    }
+
+    /// An owned leader slot, for streams whose guard must outlive the handler.
+    pub fn join_owned(st: &SharedState, key: Key) -> OwnedFlight {
+        let Ok(mut m) = st.coalescer.inflight.lock() else {
+            return OwnedFlight::Alone;
+        };
+        if let Some(rx) = m.get(&key) {
+            return OwnedFlight::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        m.insert(key, rx);
+        OwnedFlight::Leader(OwnedLeader {
+            st: st.clone(),
+            key,
+            tx,
+        })
+    }
+}
+
+pub enum OwnedFlight {
+    Leader(OwnedLeader),
+    Follower(watch::Receiver<Option<Arc<CachedResponse>>>),
+    Alone,
+}
+
+pub struct OwnedLeader {
+    st: SharedState,
+    key: Key,
+    tx: watch::Sender<Option<Arc<CachedResponse>>>,
+}
+
+impl OwnedLeader {
+    fn publish(&self, value: Arc<CachedResponse>) {
+        let _ = self.tx.send(Some(value));
+    }
+}
+
+impl Drop for OwnedLeader {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.st.coalescer.inflight.lock() {
+            m.remove(&self.key);
+        }
+    }
+}
+
+/// Waits for a leader's answer, at most until `deadline`. `None`: the leader failed or took too long.
+async fn follow(
+    mut rx: watch::Receiver<Option<Arc<CachedResponse>>>,
+    deadline: Instant,
+) -> Option<Arc<CachedResponse>> {
+    match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(v)) => v.clone(),
+        _ => None,
+    }
+}
+
+/// Cache decisions for one request.
+struct CachePlan {
+    key: Option<Key>,
+    lookup: bool,
+    store: bool,
+    ttl: Duration,
+}
+
+fn cache_plan(st: &AppState, req: &ChatRequest, plan: &Plan, ctx: &RequestCtx) -> CachePlan {
+    let c = &st.cache;
+    let deterministic = req.temperature.is_none_or(|t| t == 0.0);
+    let allowed = c.enabled && (deterministic || c.cache_nondeterministic) && req.n.is_none_or(|n| n == 1);
+    if !allowed {
+        return CachePlan {
+            key: None,
+            lookup: false,
+            store: false,
+            ttl: Duration::ZERO,
+        };
+    }
+    CachePlan {
+        key: Some(crate::cache::key(req, &plan.cache_scope, &ctx.tenant)),
+        lookup: !ctx.no_cache,
+        store: !ctx.no_store,
+        ttl: plan.cache_ttl_secs.map_or(c.default_ttl, Duration::from_secs),
+    }
+}
+
+impl CachePlan {
+    fn status(&self) -> CacheStatus {
+        if self.lookup {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Bypass
+        }
+    }
+}
+
+async fn lookup(st: &AppState, cp: &CachePlan) -> Option<Arc<CachedResponse>> {
+    let key = cp.key.as_ref().filter(|_| cp.lookup)?;
+    match st.cache.get(key).await {
+        Ok(v) => {
+            st.metrics
+                .cache_events
+                .get_or_create(&EventType { event_type: "hit" })
+                .inc();
+            st.ledger.cache_hits.fetch_add(1, Relaxed);
+            Some(v)
+        }
+        Err(kind) => {
+            if kind == Lookup::Error {
+                st.metrics
+                    .cache_errors
+                    .get_or_create(&CacheOp {
+                        backend: st.cache.backend_name(),
+                        op: "get",
+                    })
+                    .inc();
+            }
+            st.metrics
+                .cache_events
+                .get_or_create(&EventType { event_type: "miss" })
+                .inc();
+            st.ledger.cache_misses.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+async fn store(st: &AppState, cp: &CachePlan, value: &Arc<CachedResponse>) {
+    if let Some(key) = cp.key.filter(|_| cp.store)
+        && !st.cache.put(key, value.clone(), cp.ttl).await
+    {
+        st.metrics
+            .cache_errors
+            .get_or_create(&CacheOp {
+                backend: st.cache.backend_name(),
+                op: "set",
+            })
+            .inc();
+    }
+}
+
+/// Whether an answer may be cached: complete, and not a tool-call turn.
+fn cacheable_answer(c: &ChatCompletion) -> bool {
+    c.choices.iter().all(|ch| {
+        ch.message.tool_calls.as_ref().is_none_or(Vec::is_empty) && ch.finish_reason.as_deref() != Some("tool_calls")
+    })
+}
+
+/// Meta for an answer served from the cache (or from a coalesced leader): free, and it saved what the
+/// original call cost.
+fn hit_meta(st: &AppState, hit: &CachedResponse, started: Instant) -> Meta {
+    st.metrics
+        .saved_usd
+        .get_or_create(&Reason { reason: "cache" })
+        .inc_by(hit.cost.as_usd());
+    st.ledger.saved_cache.fetch_add(hit.cost.0, Relaxed);
+    Meta {
+        provider: hit.provider.clone(),
+        model: hit.completion.model.clone(),
+        deployment: hit.deployment.clone(),
+        tier: hit.tier.clone(),
+        route_reason: hit.route_reason.clone(),
+        cache: CacheStatus::Hit,
+        cost_usd: Nanos::ZERO,
+        saved_usd: hit.cost,
+        saved_by: Some("cache"),
+        latency_ms: ms(started.elapsed()),
+        ttft_ms: Some(ms(started.elapsed())),
+        usage_estimated: hit.usage_estimated,
+        usage: Some(hit.usage),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn record_decision(st: &AppState, plan: &Plan) {
+    if let Some(tier) = &plan.tier {
+        st.metrics
+            .routing
+            .get_or_create(&Decision {
+                tier: tier.clone(),
+                reason: plan.reason,
+            })
+            .inc();
+    }
+}
+
+/// Usage, cost and savings of a served call; updates metrics and the ledger.
+fn account(st: &AppState, dep_idx: usize, plan: &Plan, usage: Usage, estimated: bool) -> (Nanos, Nanos) {
+    let d = &st.deployments[dep_idx];
+    let cost = d.price.cost(&usage, 0);
+    let reference = st.router.reference.map(|r| &st.deployments[r]);
+    let saved = match reference {
+        Some(r) if r.idx != dep_idx => r.price.cost(&usage, 0).saturating_sub(cost),
+        _ => Nanos::ZERO,
+    };
+    let m = &st.metrics;
+    m.cost_usd.get_or_create(&d.labels).inc_by(cost.as_usd());
+    if saved.0 > 0 {
+        m.saved_usd
+            .get_or_create(&Reason { reason: "routing" })
+            .inc_by(saved.as_usd());
+        st.ledger.saved_routing.fetch_add(saved.0, Relaxed);
+    }
+    for (direction, n) in [("input", usage.prompt_tokens), ("output", usage.completion_tokens)] {
+        m.tokens
+            .get_or_create(&Tokens {
+                provider: d.labels.provider.clone(),
+                model: d.labels.model.clone(),
+                direction,
+            })
+            .inc_by(n);
+    }
+    let s = &st.ledger.per_deployment[dep_idx];
+    s.requests.fetch_add(1, Relaxed);
+    s.cost.fetch_add(cost.0, Relaxed);
+    s.tokens_in.fetch_add(usage.prompt_tokens, Relaxed);
+    s.tokens_out.fetch_add(usage.completion_tokens, Relaxed);
+    if let Some(t) = &d.tier {
+        st.ledger.record_tier(t);
+    }
+    let _ = (plan, estimated);
+    (cost, saved)
+}
+
+fn outcome_metric(st: &AppState, dep_idx: usize, outcome: &'static str) {
+    let d = &st.deployments[dep_idx];
+    st.metrics
+        .llm_requests
+        .get_or_create(&Outcome {
+            provider: d.labels.provider.clone(),
+            model: d.labels.model.clone(),
+            outcome,
+        })
+        .inc();
+}
+
+fn deadline(st: &AppState) -> Instant {
+    Instant::now() + Duration::from_millis(st.cfg.resilience.deadline_ms)
+}
+
+/// A non-streaming completion.
+pub async fn complete(
+    st: &SharedState,
+    req: &ChatRequest,
+    ctx: &RequestCtx,
+) -> Result<(ChatCompletion, Meta), ApiError> {
+    let started = Instant::now();
+    let plan = st.router.plan(st, req, ctx.forced_tier.as_deref())?;
+    let cp = cache_plan(st, req, &plan, ctx);
+    if let Some(hit) = lookup(st, &cp).await {
+        let meta = hit_meta(st, &hit, started);
+        return Ok((hit.completion.clone(), meta));
+    }
+    let deadline = deadline(st);
+    let _leader = match cp.key.filter(|_| cp.lookup && cp.store) {
+        Some(key) => match st.coalescer.join(key) {
+            Flight::Follower(rx) => {
+                if let Some(v) = follow(rx, deadline).await {
+                    let meta = hit_meta(st, &v, started);
+                    return Ok((v.completion.clone(), meta));
+                }
+                None
+            }
+            Flight::Leader(g) => Some(g),
+        },
+        None => None,
+    };
+    record_decision(st, &plan);
+    let served = retry::run(st, &plan, deadline, |d| {
+        let (model, max_tokens) = (d.model.clone(), d.default_max_tokens);
+        let provider = d.provider.clone();
+        async move {
+            let target = CallTarget {
+                model: &model,
+                default_max_tokens: max_tokens,
+            };
+            provider.chat(req, &target).await
+        }
+    })
+    .await?;
+    let d = &st.deployments[served.dep];
+    let upstream = served.sent_at.elapsed();
+    st.on_transition(d, d.breaker.success(served.permit));
+    d.observe_latency(upstream.as_micros() as u64);
+    st.metrics
+        .upstream_duration
+        .get_or_create(&d.labels)
+        .observe(upstream.as_secs_f64());
+    outcome_metric(st, served.dep, "success");
+    let mut completion = served.value;
+    let (usage, estimated) = match completion.usage {
+        Some(u) => (u, false),
+        None => {
+            let text: String = completion.choices.first().map(|c| c.message.text()).unwrap_or_default();
+            let u = Usage::new(plan.prompt_tokens, optiroute_protocol::usage::count_text(&text));
+            completion.usage = Some(u);
+            (u, true)
+        }
+    };
+    let (cost, saved) = account(st, served.dep, &plan, usage, estimated);
+    let meta = Meta {
+        provider: d.provider_name.clone(),
+        model: completion.model.clone(),
+        deployment: d.name.clone(),
+        tier: d.tier.clone(),
+        route_reason: route_reason(&plan, served.position, d),
+        cache: cp.status(),
+        cost_usd: cost,
+        saved_usd: saved,
+        saved_by: (saved.0 > 0).then_some("routing"),
+        latency_ms: ms(started.elapsed()),
+        ttft_ms: None,
+        usage_estimated: estimated,
+        usage: Some(usage),
+    };
+    st.metrics
+        .overhead
+        .observe(started.elapsed().saturating_sub(upstream).as_secs_f64());
+    if cp.key.is_some() && cacheable_answer(&completion) {
+        let entry = Arc::new(CachedResponse {
+            completion: completion.clone(),
+            pieces: None,
+            deployment: meta.deployment.clone(),
+            provider: meta.provider.clone(),
+            tier: meta.tier.clone(),
+            route_reason: meta.route_reason.clone(),
+            cost,
+            usage,
+            usage_estimated: estimated,
+        });
+        store(st, &cp, &entry).await;
+        if let Some(g) = _leader {
+            g.publish(entry);
+        }
+    }
+    Ok((completion, meta))
+}
+
+fn route_reason(plan: &Plan, position: usize, d: &crate::state::Deployment) -> String {
+    if position == 0 {
+        plan.explanation.clone()
+    } else {
+        format!("fallback to `{}` ({})", d.name, plan.explanation)
+    }
+}
+
+/// A streamed completion: the meta known before the first byte, and the SSE body.
+pub struct StreamReply {
+    pub meta: Meta,
+    pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::convert::Infallible>> + Send>>,
+}
+
+pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Result<StreamReply, ApiError> {
+    let started = Instant::now();
+    let plan = st.router.plan(st, &req, ctx.forced_tier.as_deref())?;
+    let cp = cache_plan(st, &req, &plan, ctx);
+    let include_usage = req.include_usage();
+    if let Some(hit) = lookup(st, &cp).await {
+        let meta = hit_meta(st, &hit, started);
+        st.ledger
+            .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
+        return Ok(replay(hit, meta, include_usage));
+    }
+    let deadline = deadline(st);
+    let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
+        Some(key) => match Coalescer::join_owned(st, key) {
+            OwnedFlight::Follower(rx) => {
+                if let Some(v) = follow(rx, deadline).await {
+                    let meta = hit_meta(st, &v, started);
+                    st.ledger
+                        .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
+                    return Ok(replay(v, meta, include_usage));
+                }
+                None
+            }
+            OwnedFlight::Leader(l) => Some(l),
+            OwnedFlight::Alone => None,
+        },
+        None => None,
+    };
+    record_decision(st, &plan);
+    // Start the stream and wait for its first chunk inside the resilience loop: a stream that fails
+    // before its first byte is retried or falls back like any call.
+    let served = retry::run(st, &plan, deadline, |d| {
+        let (model, max_tokens, pname) = (d.model.clone(), d.default_max_tokens, d.provider_name.clone());
+        let provider = d.provider.clone();
+        let req = &req;
+        async move {
+            let target = CallTarget {
+                model: &model,
+                default_max_tokens: max_tokens,
+            };
+            let mut s: ChunkStream = provider.chat_stream(req, &target).await?;
+            // Hold back chunks that carry nothing yet (the role-only opener): until real output
+            // arrives, nothing has been sent and a failure can still be retried or failed over.
+            let mut held = Vec::new();
+            loop {
+                match s.next().await {
+                    Some(Ok(chunk)) => {
+                        let substantive = chunk.usage.is_some()
+                            || chunk.choices.iter().any(|c| {
+                                c.finish_reason.is_some()
+                                    || c.delta.tool_calls.is_some()
+                                    || c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+                            });
+                        held.push(chunk);
+                        if substantive {
+                            return Ok((held, s));
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        return Err(UpstreamError::new(
+                            crate::error::UpstreamKind::Interrupted,
+                            &pname,
+                            "stream ended before any output",
+                        ));
+                    }
+                }
+            }
+        }
+    })
+    .await?;
+    let d = &st.deployments[served.dep];
+    let meta = Meta {
+        provider: d.provider_name.clone(),
+        model: d.model.clone(),
+        deployment: d.name.clone(),
+        tier: d.tier.clone(),
+        route_reason: route_reason(&plan, served.position, d),
+        cache: cp.status(),
+        cost_usd: Nanos::ZERO,
+        saved_usd: Nanos::ZERO,
+        saved_by: None,
+        latency_ms: 0.0,
+        ttft_ms: None,
+        usage_estimated: false,
+        usage: None,
+    };
+    let (held, rest) = served.value;
+    d.in_flight.fetch_add(1, Relaxed);
+    let live = LiveStream {
+        st: st.clone(),
+        plan,
+        cp,
+        leader,
+        dep: served.dep,
+        permit: Some(served.permit),
+        sent_at: served.sent_at,
+        started,
+        include_usage,
+        acc: ChunkAccumulator::default(),
+        pieces: Vec::new(),
+        upstream_usage: None,
+        ttft: None,
+        meta: meta.clone(),
+        done: false,
+        chunk_id: String::new(),
+        created: 0,
+    };
+    let body = futures_util::stream::unfold(
+        (live, std::collections::VecDeque::from(held), rest, false),
+        |(mut live, mut held, mut rest, finished)| async move {
+            if finished {
+                return None;
+            }
+            let item = match held.pop_front() {
+                Some(c) => Some(Ok(c)),
+                None => rest.next().await,
+            };
+            let mut out = Vec::with_capacity(2);
+            let end = match item {
+                Some(Ok(chunk)) => {
+                    live.on_chunk(chunk, &mut out);
+                    false
+                }
+                Some(Err(e)) => {
+                    live.on_error(&e, &mut out);
+                    true
+                }
+                None => {
+                    live.on_end(&mut out).await;
+                    true
+                }
+            };
+            let bytes = Bytes::from(out.concat());
+            Some((Ok(bytes), (live, held, rest, end)))
+        },
+    )
+    .filter(|r: &Result<Bytes, std::convert::Infallible>| {
+        let keep = r.as_ref().map(|b| !b.is_empty()).unwrap_or(true);
+        async move { keep }
+    });
+    Ok(StreamReply {
+        meta,
+        body: Box::pin(body),
+    })
+}
+
+/// State of a live stream being forwarded. Its `Drop` settles a stream the client abandoned.
+struct LiveStream {
+    st: SharedState,
+    plan: Plan,
+    cp: CachePlan,
+    leader: Option<OwnedLeader>,
+    dep: usize,
+    permit: Option<Permit>,
+    sent_at: Instant,
+    started: Instant,
+    include_usage: bool,
+    acc: ChunkAccumulator,
+    pieces: Vec<String>,
+    upstream_usage: Option<Usage>,
+    ttft: Option<Duration>,
+    meta: Meta,
+    done: bool,
+    /// Id and timestamp of the upstream's chunks, reused for the closing usage chunk.
+    chunk_id: String,
+    created: u64,
+}
+
+impl LiveStream {
+    fn on_chunk(&mut self, chunk: ChatChunk, out: &mut Vec<Bytes>) {
+        if self.chunk_id.is_empty() {
+            self.chunk_id.clone_from(&chunk.id);
+            self.created = chunk.created;
+        }
+        if let Some(u) = chunk.usage {
+            self.upstream_usage = Some(u);
+        }
+        let has_text = chunk.delta_text().any(|t| !t.is_empty());
+        if has_text && self.ttft.is_none() {
+            let t = self.sent_at.elapsed();
+            self.ttft = Some(t);
+            let d = &self.st.deployments[self.dep];
+            self.st.metrics.ttft.get_or_create(&d.labels).observe(t.as_secs_f64());
+        }
+        for t in chunk.delta_text() {
+            if !t.is_empty() {
+                self.pieces.push(t.to_owned());
+            }
+        }
+        self.acc.push(&chunk);
+        // The usage-only chunk is re-emitted at the end with our accounting (if the client wants it).
+        if chunk.choices.is_empty() {
+            return;
+        }
+        let mut chunk = chunk;
+        chunk.usage = None;
+        if let Ok(json) = serde_json::to_vec(&chunk) {
+            out.push(sse::encode_data(&json));
+        }
+    }
+
+    fn usage(&self) -> (Usage, bool) {
+        match self.upstream_usage.or(self.acc.usage()) {
+            Some(u) => (u, false),
+            None => (
+                Usage::new(
+                    self.plan.prompt_tokens,
+                    optiroute_protocol::usage::count_text(self.acc.text()),
+                ),
+                true,
+            ),
+        }
+    }
+
+    async fn on_end(&mut self, out: &mut Vec<Bytes>) {
+        self.done = true;
+        let st = self.st.clone();
+        let d = &st.deployments[self.dep];
+        let upstream = self.sent_at.elapsed();
+        if let Some(p) = self.permit.take() {
+            st.on_transition(d, d.breaker.success(p));
+        }
+        d.observe_latency(upstream.as_micros() as u64);
+        st.metrics
+            .upstream_duration
+            .get_or_create(&d.labels)
+            .observe(upstream.as_secs_f64());
+        outcome_metric(&st, self.dep, "success");
+        let (usage, estimated) = self.usage();
+        let (cost, saved) = account(&st, self.dep, &self.plan, usage, estimated);
+        self.meta.cost_usd = cost;
+        self.meta.saved_usd = saved;
+        self.meta.saved_by = (saved.0 > 0).then_some("routing");
+        self.meta.usage_estimated = estimated;
+        self.meta.usage = Some(usage);
+        self.meta.latency_ms = ms(self.started.elapsed());
+        self.meta.ttft_ms = self.ttft.map(ms);
+        st.ledger
+            .record_request(self.started.elapsed().as_micros() as u64, cost, true);
+        // For streams, gateway overhead is the time spent before the upstream was called.
+        st.metrics
+            .overhead
+            .observe(self.sent_at.duration_since(self.started).as_secs_f64());
+        if self.include_usage {
+            let mut u = ChatChunk::new(&self.chunk_id, self.created, &self.meta.model);
+            u.usage = Some(usage);
+            u.extra
+                .insert("optiroute".into(), serde_json::to_value(&self.meta).unwrap_or_default());
+            if let Ok(json) = serde_json::to_vec(&u) {
+                out.push(sse::encode_data(&json));
+            }
+        }
+        out.push(Bytes::from_static(sse::DONE));
+        let acc = std::mem::take(&mut self.acc);
+        let completion = acc.into_completion();
+        if self.cp.key.is_some() && cacheable_answer(&completion) {
+            let entry = Arc::new(CachedResponse {
+                completion,
+                pieces: Some(std::mem::take(&mut self.pieces)),
+                deployment: self.meta.deployment.clone(),
+                provider: self.meta.provider.clone(),
+                tier: self.meta.tier.clone(),
+                route_reason: self.meta.route_reason.clone(),
+                cost,
+                usage,
+                usage_estimated: estimated,
+            });
+            store(&st, &self.cp, &entry).await;
+            if let Some(l) = self.leader.take() {
+                l.publish(entry);
+            }
+        }
+        d.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    fn on_error(&mut self, e: &UpstreamError, out: &mut Vec<Bytes>) {
+        self.done = true;
+        let st = self.st.clone();
+        let d = &st.deployments[self.dep];
+        if let Some(p) = self.permit.take() {
+            if e.is_upstream_fault() {
+                st.on_transition(d, d.breaker.failure(p));
+            } else {
+                d.breaker.release(p);
+            }
+        }
+        outcome_metric(&st, self.dep, e.outcome());
+        st.ledger.per_deployment[self.dep].errors.fetch_add(1, Relaxed);
+        // What was generated before the failure was still paid for.
+        let (usage, _) = self.usage();
+        let (cost, _) = account(&st, self.dep, &self.plan, usage, true);
+        st.ledger
+            .record_request(self.started.elapsed().as_micros() as u64, cost, false);
+        tracing::warn!(deployment = %d.name, error = %e, "stream failed after its first byte; not retried");
+        let api: ApiError = e.clone().into();
+        if let Ok(json) = serde_json::to_vec(&api.body()) {
+            out.push(sse::encode_data(&json));
+        }
+        d.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // The client went away mid-stream: the upstream request is cancelled by dropping its stream.
+        // It says nothing about the upstream's health, but what was generated so far was paid for.
+        let st = self.st.clone();
+        let d = &st.deployments[self.dep];
+        if let Some(p) = self.permit.take() {
+            d.breaker.release(p);
+        }
+        outcome_metric(&st, self.dep, "cancelled");
+        let (usage, _) = self.usage();
+        let (cost, _) = account(&st, self.dep, &self.plan, usage, true);
+        st.ledger
+            .record_request(self.started.elapsed().as_micros() as u64, cost, false);
+        d.in_flight.fetch_sub(1, Relaxed);
+        tracing::info!(deployment = %d.name, "client disconnected mid-stream; upstream request cancelled");
+    }
+}
+
+/// Replays a cached answer as a proper SSE stream: role chunk, content pieces, finish, usage, [DONE].
+fn replay(hit: Arc<CachedResponse>, meta: Meta, include_usage: bool) -> StreamReply {
+    let c = &hit.completion;
+    let id = c.id.clone();
+    let created = crate::providers::unix_now();
+    let model = c.model.clone();
+    let mut out: Vec<Bytes> = Vec::new();
+    let mut push = |chunk: &ChatChunk| {
+        if let Ok(json) = serde_json::to_vec(chunk) {
+            out.push(sse::encode_data(&json));
+        }
+    };
+    let mut role = ChatChunk::content(&id, created, &model, "");
+    role.choices[0].delta.role = Some("assistant".into());
+    push(&role);
+    let text = c.choices.first().map(|ch| ch.message.text()).unwrap_or_default();
+    let pieces: Vec<String> = match &hit.pieces {
+        Some(p) => p.clone(),
+        None => split_words(&text),
+    };
+    for p in &pieces {
+        push(&ChatChunk::content(&id, created, &model, p));
+    }
+    let mut fin = ChatChunk::content(&id, created, &model, "");
+    fin.choices[0].delta.content = None;
+    fin.choices[0].finish_reason = c.choices.first().and_then(|ch| ch.finish_reason.clone());
+    push(&fin);
+    if include_usage {
+        let mut u = ChatChunk::new(&id, created, &model);
+        u.usage = Some(hit.usage);
+        u.extra
+            .insert("optiroute".into(), serde_json::to_value(&meta).unwrap_or_default());
+        push(&u);
+    }
+    out.push(Bytes::from_static(sse::DONE));
+    let body = futures_util::stream::iter(out.into_iter().map(Ok));
+    StreamReply {
+        meta,
+        body: Box::pin(body),
+    }
+}
+
+/// Splits text into word-sized pieces that concatenate back to the original.
+fn split_words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for ch in text.chars() {
+        if ch.is_whitespace() && !cur.trim().is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(ch);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_words_round_trips() {
+        for t in ["", "one", "Hello, world!  How are\nyou?", " lead", "trail "] {
+            assert_eq!(split_words(t).concat(), t);
+        }
+        assert!(split_words("a b c").len() == 3);
+    }
+}

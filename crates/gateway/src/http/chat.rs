@@ -1,0 +1,399 @@
+//! `/v1/chat/completions`, `/v1/models` and the simple `/generate`.
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use optiroute_protocol::openai::{ChatRequest, Message};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::RequestId;
+use crate::engine::{self, Meta, RequestCtx};
+use crate::error::ApiError;
+use crate::state::SharedState;
+
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+
+/// Parses and validates a chat request body; errors name the offending field.
+pub fn parse_chat_request(body: &[u8], max_messages: usize) -> Result<ChatRequest, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("request body is empty; expected a JSON object"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let req: ChatRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = strip_position(&inner.to_string());
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("request body is not valid JSON: {msg}"))
+        } else if path == "." || path.is_empty() {
+            let field = msg.split('`').nth(1).unwrap_or("").to_owned();
+            let mut err = ApiError::bad_request(format!("invalid request: {msg}"));
+            if !field.is_empty() {
+                err.param = Some(field);
+            }
+            err
+        } else {
+            ApiError::invalid_param(&path, format!("invalid value for `{path}`: {msg}"))
+        }
+    })?;
+    validate(&req, max_messages)?;
+    Ok(req)
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+fn validate(req: &ChatRequest, max_messages: usize) -> Result<(), ApiError> {
+    if req.model.trim().is_empty() {
+        return Err(ApiError::invalid_param("model", "`model` must not be empty"));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
+    }
+    if req.messages.len() > max_messages {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!("too many messages: {} (limit {max_messages})", req.messages.len()),
+        ));
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(ApiError::invalid_param(
+                &format!("messages[{i}].role"),
+                format!(
+                    "unknown role `{}`; expected one of {}",
+                    truncate(&m.role, 40),
+                    ROLES.join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(t) = req.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(ApiError::invalid_param(
+            "temperature",
+            "`temperature` must be between 0 and 2",
+        ));
+    }
+    if let Some(p) = req.top_p
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(ApiError::invalid_param("top_p", "`top_p` must be between 0 and 1"));
+    }
+    if req.n == Some(0) {
+        return Err(ApiError::invalid_param("n", "`n` must be at least 1"));
+    }
+    if req.output_cap() == Some(0) {
+        return Err(ApiError::invalid_param("max_tokens", "`max_tokens` must be at least 1"));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Request options from headers: request id, forced tier, Cache-Control.
+fn ctx_from(headers: &HeaderMap, id: &RequestId) -> RequestCtx {
+    let cache_control = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let directives: Vec<&str> = cache_control.split(',').map(str::trim).collect();
+    RequestCtx {
+        request_id: id.0.clone(),
+        forced_tier: headers
+            .get("x-optiroute-tier")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty()),
+        no_cache: directives.contains(&"no-cache"),
+        no_store: directives.contains(&"no-store"),
+        tenant: String::new(),
+    }
+}
+
+/// Reads a body up to the configured limit; over it, a 413 in OpenAI's error shape.
+async fn read_body(st: &SharedState, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limit = st.cfg.server.body_limit_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("request body is larger than the limit of {limit} bytes (or was cut off)"),
+        )
+        .with_code("request_too_large")
+    })
+}
+
+fn set_meta_headers(h: &mut HeaderMap, meta: &Meta, with_cost: bool) {
+    let mut put = |k: &'static str, v: &str| {
+        // Header values come from config names and numbers; anything unprintable is dropped.
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    put("x-optiroute-provider", &meta.provider);
+    put("x-optiroute-model", &meta.model);
+    put("x-optiroute-deployment", &meta.deployment);
+    if let Some(t) = &meta.tier {
+        put("x-optiroute-tier", t);
+    }
+    put("x-optiroute-route-reason", &meta.route_reason);
+    put("x-optiroute-cache", meta.cache.as_str());
+    if with_cost {
+        put("x-optiroute-cost-usd", &meta.cost_usd.to_string());
+        put("x-optiroute-saved-usd", &meta.saved_usd.to_string());
+        put("x-optiroute-latency-ms", &format!("{:.3}", meta.latency_ms));
+    }
+}
+
+fn log_line(id: &RequestId, model: &str, status: u16, started: Instant, meta: Option<&Meta>, stream: bool) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match meta {
+        Some(m) => tracing::info!(
+            request_id = %id.0, model, status, stream, latency_ms,
+            provider = %m.provider, deployment = %m.deployment, tier = m.tier.as_deref().unwrap_or(""),
+            route_reason = %m.route_reason, cache = m.cache.as_str(),
+            prompt_tokens = m.usage.map(|u| u.prompt_tokens), completion_tokens = m.usage.map(|u| u.completion_tokens),
+            cost_usd = %m.cost_usd, "request"
+        ),
+        None => tracing::info!(request_id = %id.0, model, status, stream, latency_ms, "request"),
+    }
+}
+
+pub async fn chat_completions(
+    State(st): State<SharedState>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let body = match read_body(&st, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let req = match parse_chat_request(&body, st.cfg.server.max_messages) {
+        Ok(r) => r,
+        Err(e) => {
+            log_line(&id, "", e.status.as_u16(), started, None, false);
+            return e.into_response();
+        }
+    };
+    drop(body);
+    let ctx = ctx_from(&headers, &id);
+    let model = req.model.clone();
+    st.metrics.in_flight.inc();
+    let _gauge = GaugeGuard(&st);
+    if req.is_stream() {
+        match engine::stream(&st, req, &ctx).await {
+            Ok(reply) => {
+                log_line(&id, &model, 200, started, Some(&reply.meta), true);
+                let mut resp = Response::new(Body::from_stream(reply.body));
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+                set_meta_headers(h, &reply.meta, reply.meta.cache == engine::CacheStatus::Hit);
+                resp
+            }
+            Err(e) => {
+                st.ledger
+                    .record_request(started.elapsed().as_micros() as u64, Default::default(), false);
+                log_line(&id, &model, e.status.as_u16(), started, None, true);
+                e.into_response()
+            }
+        }
+    } else {
+        match engine::complete(&st, &req, &ctx).await {
+            Ok((completion, meta)) => {
+                st.ledger
+                    .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
+                log_line(&id, &model, 200, started, Some(&meta), false);
+                let mut v = serde_json::to_value(&completion).unwrap_or_default();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("optiroute".into(), serde_json::to_value(&meta).unwrap_or_default());
+                }
+                let mut resp = axum::Json(v).into_response();
+                set_meta_headers(resp.headers_mut(), &meta, true);
+                resp
+            }
+            Err(e) => {
+                st.ledger
+                    .record_request(started.elapsed().as_micros() as u64, Default::default(), false);
+                log_line(&id, &model, e.status.as_u16(), started, None, false);
+                e.into_response()
+            }
+        }
+    }
+}
+
+/// Keeps `llm_in_flight_requests` right on every exit path.
+struct GaugeGuard<'a>(&'a SharedState);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateRequest {
+    prompt: String,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f64>,
+}
+
+/// The simple interface of the system OptiRoute replaces: a prompt in, an answer and its cost out.
+pub async fn generate(
+    State(st): State<SharedState>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let body = match read_body(&st, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let g: GenerateRequest = match serde_json::from_slice(&body) {
+        Ok(g) => g,
+        Err(e) => {
+            let msg = strip_position(&e.to_string());
+            let mut err = ApiError::bad_request(format!("invalid request: {msg}"));
+            err.param = msg.split('`').nth(1).map(str::to_owned);
+            return err.into_response();
+        }
+    };
+    if g.prompt.trim().is_empty() {
+        return ApiError::invalid_param("prompt", "`prompt` must not be empty").into_response();
+    }
+    let req = ChatRequest {
+        model: g.model.unwrap_or_else(|| "auto".into()),
+        messages: vec![Message::new("user", g.prompt)],
+        max_tokens: g.max_tokens,
+        temperature: g.temperature,
+        ..Default::default()
+    };
+    if let Err(e) = validate(&req, st.cfg.server.max_messages) {
+        return e.into_response();
+    }
+    let ctx = ctx_from(&headers, &id);
+    st.metrics.in_flight.inc();
+    let _gauge = GaugeGuard(&st);
+    match engine::complete(&st, &req, &ctx).await {
+        Ok((completion, meta)) => {
+            st.ledger
+                .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
+            log_line(&id, &req.model, 200, started, Some(&meta), false);
+            let text = completion.choices.first().map(|c| c.message.text()).unwrap_or_default();
+            let mut resp = axum::Json(json!({
+                "response": text,
+                "provider": meta.provider,
+                "model": meta.model,
+                "deployment": meta.deployment,
+                "tier": meta.tier,
+                "route_reason": meta.route_reason,
+                "cached": meta.cache == engine::CacheStatus::Hit,
+                "cost_usd": meta.cost_usd.as_usd(),
+                "saved_usd": meta.saved_usd.as_usd(),
+                "latency_ms": meta.latency_ms,
+                "usage": meta.usage,
+            }))
+            .into_response();
+            set_meta_headers(resp.headers_mut(), &meta, true);
+            resp
+        }
+        Err(e) => {
+            st.ledger
+                .record_request(started.elapsed().as_micros() as u64, Default::default(), false);
+            log_line(&id, &req.model, e.status.as_u16(), started, None, false);
+            e.into_response()
+        }
+    }
+}
+
+pub async fn list_models(State(st): State<SharedState>) -> Response {
+    let data: Vec<_> = st.model_names().into_iter().map(|n| model_json(&st, n)).collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+pub async fn get_model(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+    if st.model_names().contains(&id.as_str()) {
+        axum::Json(model_json(&st, &id)).into_response()
+    } else {
+        ApiError::model_not_found(&id).into_response()
+    }
+}
+
+fn model_json(st: &SharedState, name: &str) -> serde_json::Value {
+    let kind = if name == "auto" {
+        "router"
+    } else if st.group_by_name.contains_key(name) {
+        "group"
+    } else {
+        "deployment"
+    };
+    let tier = st.by_name.get(name).and_then(|&i| st.deployments[i].tier.clone());
+    json!({"id": name, "object": "model", "created": 0, "owned_by": "optiroute", "optiroute": {"kind": kind, "tier": tier}})
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse_chat_request(br#"{"model":"m"}"#, 10).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = parse_chat_request(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"many"}"#,
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        let e = parse_chat_request(br#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#, 10).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = parse_chat_request(br#"{"model":"m","messages":[{"role":"user","content":5}]}"#, 10).unwrap_err();
+        assert!(e.param.as_deref().unwrap().starts_with("messages[0]"), "{:?}", e.param);
+        let e = parse_chat_request(b"{not json", 10).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let e = parse_chat_request(br#"{"model":"m","messages":[]}"#, 10).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = parse_chat_request(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_not_a_crash() {
+        let deep = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"x","x":{}1{}}}]}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert!(parse_chat_request(deep.as_bytes(), 10).is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! HTTP surface: router assembly and the middleware every request passes through.
+
+mod chat;
+mod ops;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::time::Instant;
+
+use crate::state::SharedState;
+use crate::telemetry::Http;
+
+pub use chat::parse_chat_request;
+
+/// The request id of the current request (propagated from `x-request-id` or generated).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Builds the gateway's router. Kept outside `main` so tests can serve it in-process.
+pub fn app(state: SharedState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(chat::list_models))
+        .route("/v1/models/{id}", get(chat::get_model))
+        .route("/generate", post(chat::generate))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/stats", get(ops::stats))
+        .route("/admin/breakers", get(ops::breakers))
+        .route("/", get(ops::ui_index))
+        .route("/{file}", get(ops::ui_asset))
+        .fallback(ops::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+fn valid_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_owned())
+}
+
+/// Request id, HTTP metrics, security headers.
+async fn observe(State(st): State<SharedState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| format!("req_{:016x}", rand::random::<u64>()));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let endpoint: &'static str = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        Some("/v1/chat/completions") => "/v1/chat/completions",
+        Some("/v1/models") | Some("/v1/models/{id}") => "/v1/models",
+        Some("/generate") => "/generate",
+        Some("/health") => "/health",
+        Some("/ready") => "/ready",
+        Some("/metrics") => "/metrics",
+        Some("/api/stats") => "/api/stats",
+        Some("/admin/breakers") => "/admin/breakers",
+        Some("/") | Some("/{file}") => "/ui",
+        _ => "other",
+    };
+    let method = req.method().as_str().to_owned();
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    let labels = Http {
+        method,
+        endpoint,
+        status: resp.status().as_u16(),
+    };
+    st.metrics.http_requests.get_or_create(&labels).inc();
+    st.metrics
+        .http_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Adds the headers a browser page needs for safety.
+pub(crate) fn ui_security_headers(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+}
+
+/// How long the server lets in-flight requests finish after a shutdown signal.
+pub fn grace(st: &SharedState) -> Duration {
+    Duration::from_secs(st.cfg.server.shutdown_grace_secs)
+}

@@ -1,0 +1,16 @@
+//! OptiRoute: a cost-aware, resilient LLM gateway. See the README for the tour.
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod ledger;
+pub mod mock;
+pub mod providers;
+pub mod resilience;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,350 @@
+//! Candidate selection. A request names `auto`, a model group or a deployment; the router turns that
+//! into an ordered list of deployments to try, and says why.
+//!
+//! `auto` picks a tier: hard constraints first (context window, tools, JSON mode, vision), then a
+//! complexity score from a swappable [`Scorer`] compared with a threshold (biased per model group).
+//! The chosen tier's deployments come first; the other eligible tiers follow as fallbacks, so an
+//! outage of one tier degrades to the other instead of failing.
+
+use std::sync::atomic::Ordering;
+
+use optiroute_protocol::openai::ChatRequest;
+use optiroute_router::{Conversation, HeuristicScorer, LearnedScorer, LengthRule, Scorer, TokenCounts};
+
+use crate::config::{Config, Strategy};
+use crate::error::ApiError;
+use crate::state::{AppState, Deployment};
+
+/// What the client asked for, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Auto,
+    Group(usize),
+    Deployment(usize),
+}
+
+/// The routing decision for one request.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: Target,
+    /// Deployments to try, in order.
+    pub candidates: Vec<usize>,
+    pub tier: Option<String>,
+    /// Short, low-cardinality reason code (metrics label).
+    pub reason: &'static str,
+    /// Human-readable explanation (header, log line).
+    pub explanation: String,
+    pub score: Option<f32>,
+    /// Prompt tokens as counted for the context-window check (reused for usage estimates).
+    pub prompt_tokens: u64,
+    /// What the cache key uses to name the target (the requested model, plus a forced tier).
+    pub cache_scope: String,
+    pub cache_ttl_secs: Option<u64>,
+}
+
+pub struct Router {
+    tiers: Vec<String>,
+    scorer: Box<dyn Scorer>,
+    threshold: f32,
+    bias: std::collections::BTreeMap<String, f64>,
+    /// Deployment whose price is the reference for "saved by routing".
+    pub reference: Option<usize>,
+    strategy_name: &'static str,
+}
+
+impl Router {
+    pub fn new(cfg: &Config, deps: &[Deployment]) -> anyhow::Result<Router> {
+        let r = &cfg.routing;
+        let (scorer, strategy_name): (Box<dyn Scorer>, &'static str) = match r.strategy.as_str() {
+            "length" => (
+                Box::new(LengthRule {
+                    threshold_chars: r.length_threshold_chars,
+                }),
+                "length",
+            ),
+            "learned" => (
+                Box::new(LearnedScorer::embedded().map_err(|e| anyhow::anyhow!("learned scorer: {e}"))?),
+                "learned",
+            ),
+            _ => (Box::new(HeuristicScorer::default()), "heuristic"),
+        };
+        let reference = match &r.reference {
+            Some(name) => deps.iter().position(|d| &d.name == name),
+            None => r
+                .tiers
+                .iter()
+                .rev()
+                .find_map(|t| deps.iter().position(|d| d.tier.as_deref() == Some(t.as_str()))),
+        };
+        Ok(Router {
+            tiers: r.tiers.clone(),
+            scorer,
+            threshold: r.threshold as f32,
+            bias: r.bias.clone(),
+            reference,
+            strategy_name,
+        })
+    }
+
+    pub fn scorer_name(&self) -> &'static str {
+        self.strategy_name
+    }
+
+    /// Scores a request (higher = more need for the strong tier).
+    pub fn score(&self, req: &ChatRequest, prompt_tokens: u64) -> f32 {
+        let conv = conversation(req, prompt_tokens);
+        self.scorer.score(&conv)
+    }
+
+    pub fn plan(&self, st: &AppState, req: &ChatRequest, forced_tier: Option<&str>) -> Result<Plan, ApiError> {
+        let prompt_tokens = optiroute_protocol::usage::estimate_prompt_tokens(req);
+        let need = Needs::of(req, prompt_tokens);
+        let model = req.model.as_str();
+        if model == "auto" {
+            return self.plan_auto(st, req, forced_tier, need, prompt_tokens);
+        }
+        if let Some(&g) = st.group_by_name.get(model) {
+            let group = &st.groups[g];
+            let eligible: Vec<usize> = group
+                .deployments
+                .iter()
+                .copied()
+                .filter(|&i| need.unmet(&st.deployments[i]).is_none())
+                .collect();
+            if eligible.is_empty() {
+                let why = group
+                    .deployments
+                    .first()
+                    .and_then(|&i| need.unmet(&st.deployments[i]))
+                    .unwrap_or("unsupported");
+                return Err(unsupported(model, why));
+            }
+            return Ok(Plan {
+                target: Target::Group(g),
+                candidates: order(st, eligible, group.strategy),
+                tier: None,
+                reason: "group",
+                explanation: format!("model group `{}` ({})", group.name, strategy_label(group.strategy)),
+                score: None,
+                prompt_tokens,
+                cache_scope: format!("group:{model}"),
+                cache_ttl_secs: group.cache_ttl_secs,
+            });
+        }
+        if let Some(&d) = st.by_name.get(model) {
+            let dep = &st.deployments[d];
+            if let Some(why) = need.unmet(dep) {
+                return Err(unsupported(model, why));
+            }
+            return Ok(Plan {
+                target: Target::Deployment(d),
+                candidates: vec![d],
+                tier: dep.tier.clone(),
+                reason: "direct",
+                explanation: format!("deployment `{model}` requested directly"),
+                score: None,
+                prompt_tokens,
+                cache_scope: format!("deployment:{model}"),
+                cache_ttl_secs: None,
+            });
+        }
+        Err(ApiError::model_not_found(model))
+    }
+
+    fn plan_auto(
+        &self,
+        st: &AppState,
+        req: &ChatRequest,
+        forced_tier: Option<&str>,
+        need: Needs,
+        prompt_tokens: u64,
+    ) -> Result<Plan, ApiError> {
+        // Eligible deployments per tier, and the first constraint that excluded a tier.
+        let mut eligible: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut excluded_by: Option<&'static str> = None;
+        for t in &self.tiers {
+            let deps: Vec<usize> = st
+                .deployments
+                .iter()
+                .filter(|d| d.tier.as_deref() == Some(t.as_str()))
+                .filter(|d| match need.unmet(d) {
+                    None => true,
+                    Some(why) => {
+                        excluded_by.get_or_insert(why);
+                        false
+                    }
+                })
+                .map(|d| d.idx)
+                .collect();
+            if !deps.is_empty() {
+                eligible.push((t.as_str(), deps));
+            }
+        }
+        if eligible.is_empty() {
+            return Err(unsupported("auto", excluded_by.unwrap_or("no tier configured")));
+        }
+        let cheapest_configured = self.tiers.first().map(String::as_str);
+        let (chosen, reason, explanation, score) = if let Some(forced) = forced_tier {
+            if !self.tiers.iter().any(|t| t == forced) {
+                return Err(ApiError::invalid_param(
+                    "x-optiroute-tier",
+                    format!("unknown tier `{forced}`; configured tiers: {}", self.tiers.join(", ")),
+                ));
+            }
+            let Some(pos) = eligible.iter().position(|(t, _)| *t == forced) else {
+                return Err(unsupported(
+                    &format!("tier {forced}"),
+                    excluded_by.unwrap_or("unsupported"),
+                ));
+            };
+            (pos, "forced", format!("tier `{forced}` forced by the client"), None)
+        } else {
+            let raw = self.score(req, prompt_tokens);
+            let bias = self.bias.get("auto").copied().unwrap_or(0.0) as f32;
+            let score = (raw + bias).clamp(0.0, 1.0);
+            let strong = score >= self.threshold;
+            let pos = if strong { eligible.len() - 1 } else { 0 };
+            let cheapest_excluded = eligible.first().map(|(t, _)| *t) != cheapest_configured;
+            let (reason, why) = if !strong && cheapest_excluded {
+                let code = excluded_by.unwrap_or("unsupported");
+                (code, format!("cheapest tier cannot serve this request ({code})"))
+            } else if self.strategy_name == "length" {
+                (
+                    "length_rule",
+                    format!(
+                        "{} prompt ({} chars)",
+                        if strong { "long" } else { "short" },
+                        req.last_user_text().chars().count()
+                    ),
+                )
+            } else if strong {
+                (
+                    "score_high",
+                    format!("complexity {score:.3} >= threshold {:.3}", self.threshold),
+                )
+            } else {
+                (
+                    "score_low",
+                    format!("complexity {score:.3} < threshold {:.3}", self.threshold),
+                )
+            };
+            (pos, reason, why, Some(score))
+        };
+        let tier = eligible[chosen].0.to_owned();
+        let mut candidates = order(st, eligible[chosen].1.clone(), Strategy::Priority);
+        for (i, (_, deps)) in eligible.iter().enumerate() {
+            if i != chosen {
+                candidates.extend(order(st, deps.clone(), Strategy::Priority));
+            }
+        }
+        Ok(Plan {
+            target: Target::Auto,
+            candidates,
+            tier: Some(tier.clone()),
+            reason,
+            explanation: format!("{tier}: {explanation}"),
+            score,
+            prompt_tokens,
+            cache_scope: match forced_tier {
+                Some(t) => format!("auto:{t}"),
+                None => "auto".to_owned(),
+            },
+            cache_ttl_secs: None,
+        })
+    }
+}
+
+fn unsupported(model: &str, why: &str) -> ApiError {
+    let what = match why {
+        "context_window" => "the prompt does not fit its context window",
+        "needs_tools" => "it does not support tools",
+        "needs_json" => "it does not support JSON mode",
+        "needs_vision" => "it does not support images",
+        other => other,
+    };
+    ApiError::bad_request(format!("`{model}` cannot serve this request: {what}")).with_code("unsupported_request")
+}
+
+fn strategy_label(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Priority => "priority",
+        Strategy::Weighted => "weighted",
+        Strategy::LeastLatency => "least-latency",
+        Strategy::LeastBusy => "least-busy",
+    }
+}
+
+/// Orders a group's deployments by its strategy.
+fn order(st: &AppState, mut deps: Vec<usize>, strategy: Strategy) -> Vec<usize> {
+    match strategy {
+        Strategy::Priority => {}
+        Strategy::LeastBusy => deps.sort_by_key(|&i| st.deployments[i].in_flight.load(Ordering::Relaxed)),
+        Strategy::LeastLatency => deps.sort_by_key(|&i| st.deployments[i].ewma_latency_us.load(Ordering::Relaxed)),
+        Strategy::Weighted => {
+            // Weighted random order without replacement.
+            let mut out = Vec::with_capacity(deps.len());
+            while !deps.is_empty() {
+                let total: u64 = deps.iter().map(|&i| u64::from(st.deployments[i].weight)).sum();
+                let mut pick = rand::random::<u64>() % total.max(1);
+                let mut chosen = 0;
+                for (k, &i) in deps.iter().enumerate() {
+                    let w = u64::from(st.deployments[i].weight);
+                    if pick < w {
+                        chosen = k;
+                        break;
+                    }
+                    pick -= w;
+                }
+                out.push(deps.remove(chosen));
+            }
+            deps = out;
+        }
+    }
+    deps
+}
+
+/// Capabilities a request needs.
+#[derive(Debug, Clone, Copy)]
+struct Needs {
+    tokens: u64,
+    tools: bool,
+    json: bool,
+    vision: bool,
+}
+
+impl Needs {
+    fn of(req: &ChatRequest, prompt_tokens: u64) -> Needs {
+        Needs {
+            tokens: prompt_tokens + u64::from(req.output_cap().unwrap_or(0)),
+            tools: req.has_tools(),
+            json: req.wants_json(),
+            vision: req.has_images(),
+        }
+    }
+
+    /// The first need this deployment cannot meet, as a reason code.
+    fn unmet(&self, d: &Deployment) -> Option<&'static str> {
+        if d.context_window.is_some_and(|w| self.tokens > w) {
+            Some("context_window")
+        } else if self.tools && !d.supports_tools {
+            Some("needs_tools")
+        } else if self.json && !d.supports_json {
+            Some("needs_json")
+        } else if self.vision && !d.supports_vision {
+            Some("needs_vision")
+        } else {
+            None
+        }
+    }
+}
+
+/// The scorer's view of a request.
+pub fn conversation(req: &ChatRequest, prompt_tokens: u64) -> Conversation {
+    let last_user = optiroute_protocol::usage::count_text(&req.last_user_text());
+    Conversation::from_pairs(req.messages.iter().map(|m| (m.role.as_str(), m.text())))
+        .with_max_tokens(req.output_cap())
+        .with_tokens(Some(TokenCounts {
+            last_user: u32::try_from(last_user).unwrap_or(u32::MAX),
+            context: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
+        }))
+}

@@ -1,0 +1,123 @@
+//! Running the gateway: bind, banner, serve with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+
+use crate::config::Config;
+use crate::state::{AppState, SharedState};
+
+/// Binds, prints the banner and `OPTIROUTE_LISTENING http://ADDR` on stdout, and serves until
+/// SIGINT/SIGTERM; in-flight requests get `shutdown_grace_secs` to finish.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let host = cfg.server.host.clone();
+    let port = cfg.server.port;
+    let state = AppState::new(cfg).await?;
+    optiroute_protocol::usage::warm_up();
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
+    let addr = listener.local_addr()?;
+    banner(&state, addr);
+    run(state, listener, shutdown_signal()).await
+}
+
+/// Serves on an already bound listener until `shutdown` completes, then drains for the grace period.
+pub async fn run(
+    state: SharedState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grace = crate::http::grace(&state);
+    let app = crate::http::app(state);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: no new connections; draining in-flight requests");
+        let _ = signalled_tx.send(());
+    });
+    let drain_deadline = async move {
+        if signalled_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| anyhow::anyhow!("server error: {e}"))?,
+        () = drain_deadline => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn banner(st: &SharedState, addr: SocketAddr) {
+    let cfg = &st.cfg;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\nOptiRoute {} — OpenAI-compatible LLM gateway\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    if cfg.demo {
+        out.push_str(
+            "\n  DEMO MODE: no config file and no provider keys found.\n  \
+             Responses come from two built-in SIMULATED models (`local`: free, fast; `cloud`: priced, slower).\n  \
+             To use real providers, set OPENAI_API_KEY / ANTHROPIC_API_KEY / OLLAMA_HOST (or OPTIROUTE_LOCAL_URL),\n  \
+             or run `optiroute serve --config optiroute.toml` (see optiroute.example.toml).\n",
+        );
+    }
+    out.push_str("\n  deployments:\n");
+    for d in &st.deployments {
+        out.push_str(&format!(
+            "    {:<16} {:<12} {:<24} tier={}\n",
+            d.name,
+            d.provider.kind(),
+            d.model,
+            d.tier.as_deref().unwrap_or("-")
+        ));
+    }
+    out.push_str(&format!(
+        "\n  routing: `auto` uses the {} scorer over tiers [{}]\n  cache: {}\n  auth: off (no keys configured)\n",
+        st.router.scorer_name(),
+        cfg.routing.tiers.join(", "),
+        if st.cache.enabled {
+            st.cache.backend_name()
+        } else {
+            "off"
+        },
+    ));
+    out.push_str(&format!(
+        "\n  API:     http://{addr}/v1  (chat/completions, models)\n  Chat UI: http://{addr}/\n  Metrics: http://{addr}/metrics\n"
+    ));
+    eprintln!("{out}");
+    // Machine-readable readiness line for scripts and tests.
+    println!("OPTIROUTE_LISTENING http://{addr}");
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Used by tests: how long to wait for something that should be quick.
+pub const TEST_PATIENCE: Duration = Duration::from_secs(10);

@@ -1,0 +1,320 @@
+//! Response cache, coalescing and the cost ledger, through the HTTP API.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use optiroute::config::Config;
+use optiroute::mock::Behavior;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+async fn ask(gw: &TestGateway, body: &Value, headers: &[(&str, &str)]) -> (String, Value) {
+    let mut rb = client().post(gw.chat_url()).json(body);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cache = r.headers()["x-optiroute-cache"].to_str().unwrap().to_owned();
+    (cache, r.json().await.unwrap())
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn miss_then_hit_with_exact_counters_and_ledger() {
+    let (mock, gw) = openai_setup(|_| {}).await;
+    let c = client();
+    // 3 distinct requests (misses), then 2 repeats (hits).
+    for t in ["one", "two", "three"] {
+        assert_eq!(ask(&gw, &chat_body("m", t), &[]).await.0, "miss");
+    }
+    let (s1, first_hit) = ask(&gw, &chat_body("m", "one"), &[]).await;
+    let (s2, _) = ask(&gw, &chat_body("m", "two"), &[]).await;
+    assert_eq!((s1.as_str(), s2.as_str()), ("hit", "hit"));
+    assert_eq!(mock.handle.hits(), 3, "hits must not reach the upstream");
+    assert_eq!(first_hit["optiroute"]["cost_usd"], 0.0);
+    assert!(first_hit["optiroute"]["saved_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(first_hit["optiroute"]["saved_by"], "cache");
+
+    let m = c
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&m, r#"llm_cache_events_total{event_type="miss"}"#), 3.0);
+    assert_eq!(metric(&m, r#"llm_cache_events_total{event_type="hit"}"#), 2.0);
+    // The mock counts words: prompt = 1 word, reply = "mock reply to: X" = 4 pieces.
+    // Price: $1 / 1M input, $2 / 1M output -> (1 * 1 + 4 * 2) = 9 micro-dollars per call.
+    let cost = metric(&m, r#"llm_total_cost_usd_total{provider="up",model="upstream-model"}"#);
+    assert!((cost - 27e-6).abs() < 1e-12, "{cost}");
+    let stats: Value = c
+        .get(format!("{}/api/stats", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["cache"]["hits"], 2);
+    assert_eq!(stats["cache"]["misses"], 3);
+    assert_eq!(stats["requests"], 5);
+    assert!((stats["cost_usd"].as_f64().unwrap() - 27e-6).abs() < 1e-12, "{stats}");
+    assert!(
+        (stats["saved_usd"]["cache"].as_f64().unwrap() - 18e-6).abs() < 1e-12,
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn cache_control_and_parameters_change_the_outcome() {
+    let (mock, gw) = openai_setup(|_| {}).await;
+    let body = chat_body("m", "q");
+    assert_eq!(ask(&gw, &body, &[]).await.0, "miss");
+    assert_eq!(ask(&gw, &body, &[("cache-control", "no-cache")]).await.0, "bypass");
+    assert_eq!(mock.handle.hits(), 2);
+    let mut other = body.clone();
+    other["temperature"] = json!(0.7);
+    assert_eq!(ask(&gw, &other, &[("cache-control", "no-store")]).await.0, "miss");
+    assert_eq!(ask(&gw, &other, &[]).await.0, "miss", "no-store must not have stored");
+    assert_eq!(ask(&gw, &other, &[]).await.0, "hit");
+    let mut reordered: Value =
+        serde_json::from_str(r#"{"temperature":0.7,"messages":[{"content":"q","role":"user"}],"model":"m"}"#).unwrap();
+    assert_eq!(ask(&gw, &reordered, &[]).await.0, "hit", "key order must not matter");
+    reordered["seed"] = json!(3);
+    assert_eq!(ask(&gw, &reordered, &[]).await.0, "miss");
+    assert_eq!(mock.handle.hits(), 5);
+}
+
+#[tokio::test]
+async fn nondeterministic_policy_and_errors_are_not_cached() {
+    let (mock, gw) = openai_setup(|c| {
+        c.cache.cache_nondeterministic = false;
+        c.resilience.max_attempts = 1;
+    })
+    .await;
+    let mut hot = chat_body("m", "x");
+    hot["temperature"] = json!(1.0);
+    assert_eq!(ask(&gw, &hot, &[]).await.0, "bypass");
+    assert_eq!(ask(&gw, &hot, &[]).await.0, "bypass");
+    mock.handle.push(Behavior::status(500));
+    let r = client()
+        .post(gw.chat_url())
+        .json(&chat_body("m", "err"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        ask(&gw, &chat_body("m", "err"), &[]).await.0,
+        "miss",
+        "an error must not be cached"
+    );
+    assert_eq!(mock.handle.hits(), 4);
+}
+
+#[tokio::test]
+async fn streamed_answer_is_cached_and_replayed_as_a_stream() {
+    let (mock, gw) = openai_setup(|_| {}).await;
+    mock.handle.push(Behavior {
+        text: Some("alpha beta gamma delta".into()),
+        ..Default::default()
+    });
+    let mut body = chat_body("m", "s");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let collect = |text: String| {
+        let data = sse_data(&text);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let mut out = String::new();
+        let mut usage = Value::Null;
+        let mut n = 0;
+        for d in &data[..data.len() - 1] {
+            let v: Value = serde_json::from_str(d).unwrap();
+            assert_eq!(v["object"], "chat.completion.chunk");
+            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                out.push_str(c);
+                n += 1;
+            }
+            if !v["usage"].is_null() {
+                usage = v["usage"].clone();
+                assert_eq!(v["choices"], json!([]));
+            }
+        }
+        (out, usage, n)
+    };
+    let r1 = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r1.headers()["x-optiroute-cache"], "miss");
+    let (t1, u1, n1) = collect(r1.text().await.unwrap());
+    assert_eq!(t1, "alpha beta gamma delta");
+    let st = gw.state.clone();
+    // Stored once complete (the store happens as the stream ends).
+    assert!(
+        eventually(Duration::from_secs(5), || st
+            .ledger
+            .cache_misses
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+        .await
+    );
+    let r2 = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r2.headers()["x-optiroute-cache"], "hit");
+    let (t2, u2, n2) = collect(r2.text().await.unwrap());
+    assert_eq!((t2.as_str(), n2), (t1.as_str(), n1), "replay must have the same pieces");
+    assert_eq!(u1, u2);
+    // A non-streaming request for the same content shares the entry.
+    let mut plain = body.clone();
+    plain.as_object_mut().unwrap().remove("stream");
+    plain.as_object_mut().unwrap().remove("stream_options");
+    let (status, v) = ask(&gw, &plain, &[]).await;
+    assert_eq!(status, "hit");
+    assert_eq!(v["choices"][0]["message"]["content"], "alpha beta gamma delta");
+    assert_eq!(mock.handle.hits(), 1);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_identical_requests_make_one_upstream_call() {
+    let (mock, gw) = openai_setup(|_| {}).await;
+    mock.handle.set_default(Behavior {
+        delay_ms: 300,
+        ..Default::default()
+    });
+    let body = chat_body("m", "same question");
+    let c = client();
+    let futs = (0..50).map(|_| c.post(gw.chat_url()).json(&body).send());
+    let results = join_all(futs).await;
+    let mut texts = Vec::new();
+    for r in results {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        texts.push(v["choices"][0]["message"]["content"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(mock.handle.hits(), 1);
+    assert!(texts.iter().all(|t| t == &texts[0]));
+    // Streams coalesce too (followers wait for the complete answer and get it replayed).
+    let mut sbody = chat_body("m", "same stream");
+    sbody["stream"] = json!(true);
+    let futs = (0..10).map(|_| c.post(gw.chat_url()).json(&sbody).send());
+    for r in join_all(futs).await {
+        let text = r.unwrap().text().await.unwrap();
+        assert!(text.contains("[DONE]"));
+    }
+    assert_eq!(mock.handle.hits(), 2);
+}
+
+#[tokio::test]
+async fn streamed_cost_is_estimated_when_upstream_reports_no_usage() {
+    let (mock, gw) = openai_setup(|_| {}).await;
+    mock.handle.push(Behavior {
+        usage: false,
+        text: Some("one two three four five".into()),
+        ..Default::default()
+    });
+    let mut body = chat_body("m", "count me");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let text = client()
+        .post(gw.chat_url())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    let usage_chunk: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage_chunk["optiroute"]["usage_estimated"], true);
+    let cost = usage_chunk["optiroute"]["cost_usd"].as_f64().unwrap();
+    let completion = usage_chunk["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(completion >= 5, "{usage_chunk}");
+    assert!(cost > 0.0, "a stream without upstream usage must not be recorded at $0");
+    let prompt = usage_chunk["usage"]["prompt_tokens"].as_u64().unwrap();
+    let expected = (prompt as f64 * 1.0 + completion as f64 * 2.0) / 1e6;
+    assert!((cost - expected).abs() < 1e-12, "{cost} vs {expected}");
+}
+
+#[tokio::test]
+async fn redis_cache_is_shared_and_survives_redis_dying() {
+    let Some(mut redis) = Redis::start() else { return };
+    let mock = optiroute::mock::MockServer::start(0).await.unwrap();
+    let make = |url: String| {
+        let mut cfg = config_with(
+            &[(
+                "up",
+                optiroute::config::ProviderKind::Openai,
+                &format!("{}/v1", mock.url()),
+            )],
+            &[("m", "up", "upstream-model", "cloud")],
+        );
+        cfg.cache.backend = "redis".into();
+        cfg.cache.redis_url = Some(url);
+        cfg.cache.redis_timeout_ms = 500;
+        cfg
+    };
+    let a = TestGateway::start(make(redis.url())).await;
+    let b = TestGateway::start(make(redis.url())).await;
+    // Wait until both replicas connected (the first request before that is a counted miss).
+    let (sa, sb) = (a.state.clone(), b.state.clone());
+    let connected = |st: &optiroute::state::SharedState| st.cache.backend_name() == "redis";
+    assert!(connected(&sa) && connected(&sb));
+    let body = chat_body("m", "shared");
+    let mut got_hit = false;
+    for _ in 0..200 {
+        ask(&a, &body, &[]).await;
+        if ask(&b, &body, &[]).await.0 == "hit" {
+            got_hit = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(got_hit, "replica B never saw replica A's cached answer");
+
+    redis.kill();
+    let before = mock.handle.hits();
+    for i in 0..5 {
+        let (status, _) = ask(&a, &chat_body("m", &format!("while down {i}")), &[]).await;
+        assert_ne!(status, "hit");
+    }
+    assert_eq!(
+        mock.handle.hits(),
+        before + 5,
+        "requests still served while Redis is down"
+    );
+    let m = client()
+        .get(format!("{}/metrics", a.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("llm_cache_errors_total{backend=\"redis\""),
+        "cache errors are counted"
+    );
+
+    assert!(redis.restart(), "redis restarts");
+    let mut recovered = false;
+    for _ in 0..400 {
+        ask(&a, &chat_body("m", "after"), &[]).await;
+        if ask(&a, &chat_body("m", "after"), &[]).await.0 == "hit" {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(recovered, "the cache did not recover after Redis came back");
+    let _ = Config::test_default();
+}

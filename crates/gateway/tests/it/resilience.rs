@@ -1,0 +1,491 @@
+//! Routing, retries, fallbacks and circuit breakers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use optiroute::config::{Config, ModelGroupConfig, ProviderKind, Strategy};
+use optiroute::error::{UpstreamError, UpstreamKind};
+use optiroute::mock::{Behavior, MockServer};
+use optiroute::resilience::breaker::State;
+use optiroute::resilience::retry;
+use optiroute::state::AppState;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::common::*;
+
+/// Two mocks, deployments `a` and `b`, and a priority group `ab`.
+async fn two_upstreams(edit: impl FnOnce(&mut Config)) -> (MockServer, MockServer, TestGateway) {
+    let m1 = MockServer::start(0).await.unwrap();
+    let m2 = MockServer::start(0).await.unwrap();
+    let mut cfg = config_with(
+        &[
+            ("p1", ProviderKind::Openai, &format!("{}/v1", m1.url())),
+            ("p2", ProviderKind::Openai, &format!("{}/v1", m2.url())),
+        ],
+        &[("a", "p1", "model-a", "local"), ("b", "p2", "model-b", "cloud")],
+    );
+    cfg.models.push(ModelGroupConfig {
+        name: "ab".into(),
+        deployments: vec!["a".into(), "b".into()],
+        strategy: Strategy::Priority,
+        cache_ttl_secs: None,
+    });
+    cfg.cache.enabled = false;
+    edit(&mut cfg);
+    let gw = TestGateway::start(cfg).await;
+    (m1, m2, gw)
+}
+
+#[tokio::test]
+async fn fallback_serves_when_the_primary_fails_or_times_out() {
+    let (m1, m2, gw) = two_upstreams(|c| {
+        c.resilience.max_attempts = 2;
+        c.resilience.breaker.consecutive_failures = 10;
+        c.providers[0].timeouts.first_byte_ms = 300;
+    })
+    .await;
+    m1.handle.push(Behavior::status(500));
+    m1.handle.push(Behavior::status(500));
+    let r = client()
+        .post(gw.chat_url())
+        .json(&chat_body("ab", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-optiroute-deployment"], "b");
+    assert!(
+        r.headers()["x-optiroute-route-reason"]
+            .to_str()
+            .unwrap()
+            .starts_with("fallback")
+    );
+    assert_eq!(
+        (m1.handle.hits(), m2.handle.hits()),
+        (2, 1),
+        "two attempts on a, then b"
+    );
+
+    // A hanging primary: its first-byte timeout hands over to b.
+    m1.handle.push(Behavior {
+        hang: true,
+        ..Default::default()
+    });
+    m1.handle.push(Behavior {
+        hang: true,
+        ..Default::default()
+    });
+    let r = client()
+        .post(gw.chat_url())
+        .json(&chat_body("ab", "y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-optiroute-deployment"], "b");
+    let m = client()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains(r#"llm_fallbacks_total{from="a",to="b"} 2"#), "{m}");
+    assert!(m.contains(r#"llm_retries_total{deployment="a"} 2"#), "{m}");
+}
+
+#[tokio::test]
+async fn a_client_error_is_not_retried_or_failed_over() {
+    let (m1, m2, gw) = two_upstreams(|_| {}).await;
+    m1.handle.push(Behavior::status(400));
+    let r = client()
+        .post(gw.chat_url())
+        .json(&chat_body("ab", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 0));
+    assert_eq!(gw.state.deployments[0].breaker.consecutive_failures(), 0);
+}
+
+#[tokio::test]
+async fn breaker_opens_after_exactly_n_failures_and_then_sends_nothing() {
+    let (m1, _m2, gw) = two_upstreams(|c| {
+        c.resilience.max_attempts = 1;
+        c.resilience.breaker.consecutive_failures = 3;
+    })
+    .await;
+    m1.handle.set_default(Behavior::status(503));
+    for i in 0..3 {
+        let r = client()
+            .post(gw.chat_url())
+            .json(&chat_body("a", &format!("{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    assert_eq!(m1.handle.hits(), 3);
+    assert_eq!(gw.state.deployments[0].breaker.state(), State::Open);
+    for i in 0..5 {
+        let r = client()
+            .post(gw.chat_url())
+            .json(&chat_body("a", &format!("open {i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("circuit open"), "{v}");
+    }
+    assert_eq!(
+        m1.handle.hits(),
+        3,
+        "no request may reach an upstream whose breaker is open"
+    );
+    // The group still answers through b; the admin view and the gauge show the state.
+    let r = client()
+        .post(gw.chat_url())
+        .json(&chat_body("ab", "still up"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = client()
+        .get(format!("{}/admin/breakers", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b["breakers"][0]["state"], "open");
+    assert_eq!(b["breakers"][1]["state"], "closed");
+    let m = client()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains(r#"llm_circuit_breaker_state{deployment="a"} 2"#), "{m}");
+    assert!(m.contains(r#"llm_circuit_breaker_transitions_total{deployment="a",to="open"} 1"#));
+}
+
+#[tokio::test]
+async fn stream_failing_before_first_byte_falls_back_after_first_byte_does_not() {
+    let (m1, m2, gw) = two_upstreams(|c| c.resilience.max_attempts = 1).await;
+    let mut body = chat_body("ab", "s");
+    body["stream"] = json!(true);
+    m1.handle.push(Behavior::status(502));
+    m2.handle.push(Behavior {
+        text: Some("from b".into()),
+        ..Default::default()
+    });
+    let text = client()
+        .post(gw.chat_url())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let content: String = sse_data(&text)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(content, "from b");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
+    // Broken after two content chunks: the client gets those, then an error; nothing is repeated.
+    // Paced, so the first chunks are on the wire before the connection breaks.
+    m1.handle.push(Behavior {
+        text: Some("one two three four".into()),
+        disconnect_after: Some(2),
+        chunk_delay_ms: 20,
+        ..Default::default()
+    });
+    let before_b = m2.handle.hits();
+    let text = client()
+        .post(gw.chat_url())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    let content: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(content, "one two");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert!(last["error"]["message"].is_string(), "{text}");
+    assert!(!text.contains("[DONE]"));
+    assert_eq!(m2.handle.hits(), before_b, "no fallback after the first byte");
+}
+
+#[tokio::test]
+async fn all_candidates_failing_names_what_was_tried() {
+    let (m1, m2, gw) = two_upstreams(|c| c.resilience.max_attempts = 1).await;
+    m1.handle.push(Behavior::status(500));
+    m2.handle.push(Behavior::status(503));
+    let r = client()
+        .post(gw.chat_url())
+        .json(&chat_body("ab", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("a (") && msg.contains("b ("), "{msg}");
+    assert_eq!(v["error"]["code"], "all_deployments_failed");
+}
+
+// --- Time logic on a paused clock (no network: the upstream call is a closure) ---
+
+async fn paused_state(edit: impl FnOnce(&mut Config)) -> optiroute::state::SharedState {
+    let mut cfg = Config::test_default();
+    cfg.models.push(ModelGroupConfig {
+        name: "both".into(),
+        deployments: vec!["local".into(), "cloud".into()],
+        strategy: Strategy::Priority,
+        cache_ttl_secs: None,
+    });
+    edit(&mut cfg);
+    AppState::new(cfg).await.unwrap()
+}
+
+fn plan(st: &AppState, model: &str) -> optiroute::routing::Plan {
+    let req = serde_json::from_value(chat_body(model, "x")).unwrap();
+    st.router.plan(st, &req, None).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_honour_retry_after_and_backoff() {
+    let st = paused_state(|c| {
+        c.resilience.max_attempts = 3;
+        c.resilience.backoff_base_ms = 100;
+        c.resilience.backoff_max_ms = 5_000;
+    })
+    .await;
+    let p = plan(&st, "local");
+    let calls = Arc::new(AtomicU32::new(0));
+    let start = Instant::now();
+    let c2 = calls.clone();
+    let served = retry::run(&st, &p, Instant::now() + Duration::from_secs(60), move |_| {
+        let n = c2.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                let mut e = UpstreamError::new(UpstreamKind::Status(429), "sim", "slow down");
+                e.retry_after = Some(Duration::from_secs(2));
+                Err(e)
+            } else {
+                Ok(n)
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(served.value, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_millis(2_100),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_the_cap_falls_back_instead_of_waiting() {
+    let st = paused_state(|c| {
+        c.resilience.max_attempts = 3;
+        c.resilience.backoff_max_ms = 1_000;
+    })
+    .await;
+    let p = plan(&st, "both");
+    let start = Instant::now();
+    let served = retry::run(&st, &p, Instant::now() + Duration::from_secs(60), |d| {
+        let first = d.name == "local";
+        async move {
+            if first {
+                let mut e = UpstreamError::new(UpstreamKind::Status(429), "sim", "quota");
+                e.retry_after = Some(Duration::from_secs(30));
+                Err(e)
+            } else {
+                Ok("cloud answered")
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(served.value, "cloud answered");
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_bounds_all_attempts() {
+    let st = paused_state(|c| c.resilience.max_attempts = 5).await;
+    let p = plan(&st, "both");
+    let start = Instant::now();
+    let err = retry::run(&st, &p, Instant::now() + Duration::from_secs(3), |_| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<_, UpstreamError>(())
+    })
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.status.as_u16(), 504);
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_half_opens_after_cooldown_and_closes_on_a_good_probe() {
+    let st = paused_state(|c| {
+        c.resilience.max_attempts = 1;
+        c.resilience.breaker.consecutive_failures = 3;
+        c.resilience.breaker.cooldown_secs = 30;
+    })
+    .await;
+    let p = plan(&st, "local");
+    let fail = || async { Err::<(), _>(UpstreamError::new(UpstreamKind::Status(500), "sim", "boom")) };
+    let deadline = || Instant::now() + Duration::from_secs(60);
+    for _ in 0..3 {
+        assert!(retry::run(&st, &p, deadline(), |_| fail()).await.is_err());
+    }
+    let calls = Arc::new(AtomicU32::new(0));
+    let counting = |calls: Arc<AtomicU32>| {
+        move |_: &optiroute::state::Deployment| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, UpstreamError>(()) }
+        }
+    };
+    let e = retry::run(&st, &p, deadline(), counting(calls.clone()))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.status.as_u16(), 503);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "open: nothing reaches the upstream");
+    tokio::time::advance(Duration::from_secs(34)).await;
+    let served = retry::run(&st, &p, deadline(), counting(calls.clone())).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one probe after the cooldown");
+    let d = &st.deployments[served.dep];
+    st.on_transition(d, d.breaker.success(served.permit));
+    assert_eq!(d.breaker.state(), State::Closed);
+}
+
+// --- Cost-aware routing ---
+
+async fn route(gw: &TestGateway, body: Value, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut rb = client().post(gw.chat_url()).json(&body);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let tier = r
+        .headers()
+        .get("x-optiroute-tier")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let reason = r
+        .headers()
+        .get("x-optiroute-route-reason")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, tier, reason)
+}
+
+#[tokio::test]
+async fn auto_routes_easy_to_local_hard_and_constrained_to_cloud() {
+    let gw = TestGateway::start(Config::test_default()).await;
+    let (s, tier, _) = route(&gw, chat_body("auto", "What is the capital of France?"), &[]).await;
+    assert_eq!((s, tier.as_str()), (200, "local"));
+    let hard = "Prove step by step that there are infinitely many primes, then write a Rust function that \
+                returns the n-th prime with an efficient sieve, and analyse its time complexity rigorously.";
+    let (_, tier, reason) = route(&gw, chat_body("auto", hard), &[]).await;
+    assert_eq!(tier, "cloud", "{reason}");
+    // Tools: the demo's local tier has none, so a tool request goes to cloud whatever its score.
+    let mut tools = chat_body("auto", "hi");
+    tools["tools"] = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let (_, tier, reason) = route(&gw, tools, &[]).await;
+    assert_eq!(tier, "cloud");
+    assert!(reason.contains("needs_tools"), "{reason}");
+    // Context window: 8k for local.
+    let long = "word ".repeat(9_000);
+    let (_, tier, reason) = route(&gw, chat_body("auto", &long), &[]).await;
+    assert_eq!(tier, "cloud");
+    assert!(
+        reason.contains("context_window") || reason.contains("complexity"),
+        "{reason}"
+    );
+    // Forced tier.
+    let (_, tier, reason) = route(&gw, chat_body("auto", hard), &[("x-optiroute-tier", "local")]).await;
+    assert_eq!(tier, "local");
+    assert!(reason.contains("forced"));
+    let (s, _, _) = route(&gw, chat_body("auto", "x"), &[("x-optiroute-tier", "gpu-farm")]).await;
+    assert_eq!(s, 400);
+    let m = client()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"llm_routing_decisions_total{tier="local",reason="score_low"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"llm_routing_decisions_total{tier="cloud",reason="needs_tools"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn length_strategy_reproduces_the_original_rule_and_bias_shifts_the_threshold() {
+    let mut cfg = Config::test_default();
+    cfg.routing.strategy = "length".into();
+    let gw = TestGateway::start(cfg).await;
+    let (_, tier, reason) = route(&gw, chat_body("auto", &"a".repeat(60)), &[]).await;
+    assert_eq!(tier, "local", "{reason}");
+    let (_, tier, _) = route(&gw, chat_body("auto", &"a".repeat(61)), &[]).await;
+    assert_eq!(tier, "cloud");
+
+    let mut cfg = Config::test_default();
+    cfg.routing.bias.insert("auto".into(), 1.0);
+    let biased = TestGateway::start(cfg).await;
+    let (_, tier, _) = route(&biased, chat_body("auto", "hi"), &[]).await;
+    assert_eq!(tier, "cloud", "a bias of +1 sends everything to the strong tier");
+}
+
+#[tokio::test]
+async fn cloud_outage_degrades_to_local() {
+    let mut cfg = Config::test_default();
+    cfg.providers[1].simulated.failure_rate = 1.0;
+    cfg.resilience.max_attempts = 1;
+    cfg.cache.enabled = false;
+    let gw = TestGateway::start(cfg).await;
+    let hard = "Prove step by step that there are infinitely many primes and write code to check it.";
+    for _ in 0..5 {
+        // Even a request that prefers the strong tier is answered by the local one.
+        let (s, tier, reason) = route(&gw, chat_body("auto", hard), &[("x-optiroute-tier", "cloud")]).await;
+        assert_eq!((s, tier.as_str()), (200, "local"), "{reason}");
+        assert!(reason.starts_with("fallback"), "{reason}");
+    }
+    assert_eq!(gw.state.deployments[1].breaker.state(), State::Open);
+}

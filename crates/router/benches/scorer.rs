@@ -1,0 +1,40 @@
+//! Scoring latency on a ~2 KB prompt: `cargo bench -p optiroute-router --bench scorer`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use optiroute_router::{Conversation, HeuristicScorer, LearnedScorer, Scorer};
+use std::hint::black_box;
+
+fn prompt_2kb() -> String {
+    let base = "A train leaves the station at 3:15 pm travelling at 72 km/h; a second train follows 40 minutes \
+                later at 95 km/h. Explain step by step when and where the second train catches up, and write \
+                a short Python function `catch_up(v1, v2, delay)` that returns the answer. ";
+    let mut s = String::new();
+    while s.len() < 2048 {
+        s.push_str(base);
+    }
+    s.truncate(2048);
+    s
+}
+
+fn bench(c: &mut Criterion) {
+    let conv = Conversation::from_pairs([
+        ("system", "You are a helpful assistant.".to_string()),
+        ("user", prompt_2kb()),
+    ]);
+    let learned = match LearnedScorer::embedded() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("embedded weights failed to load: {e}");
+            return;
+        }
+    };
+    c.bench_function("learned_score_2kb", |b| b.iter(|| learned.score(black_box(&conv))));
+    let heuristic = HeuristicScorer::default();
+    c.bench_function("heuristic_score_2kb", |b| b.iter(|| heuristic.score(black_box(&conv))));
+    c.bench_function("embedded_weights_load", |b| {
+        b.iter(|| LearnedScorer::embedded().map(|m| m.name().len()))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,363 @@
+//! Cascade mode: answer with the cheap model first and escalate to the strong model when a check on the
+//! cheap answer fails. The checks are pure functions of the answer text, so the gateway can run them on
+//! a finished response and [`evaluate`] can measure them offline on stored answers (GSM8K).
+
+use crate::metrics::{MetricError, OperatingPoint, Outcome, operating_point};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Why a cheap answer is not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Escalation {
+    Empty,
+    Truncated,
+    Refusal,
+    InvalidJson,
+    NoFinalAnswer,
+    BadArithmetic,
+}
+
+/// Which checks apply to a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// The prompt is math-style: require a final numeric answer and verify `<<a*b=c>>` annotations.
+    pub math: bool,
+    /// The client asked for JSON output.
+    pub json: bool,
+    /// The upstream stopped because of the token limit (`finish_reason = "length"`).
+    pub hit_length_limit: bool,
+}
+
+const REFUSALS: &[&str] = &[
+    "i'm sorry",
+    "i am sorry",
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i am unable",
+    "i'm unable",
+    "as an ai",
+    "i apologize",
+    "i won't be able",
+];
+
+/// Checks a cheap-model answer; `None` means accept it.
+pub fn check(answer: &str, opts: CheckOptions) -> Option<Escalation> {
+    let t = answer.trim();
+    if t.is_empty() {
+        return Some(Escalation::Empty);
+    }
+    if opts.hit_length_limit || looks_truncated(t) {
+        return Some(Escalation::Truncated);
+    }
+    let head: String = t.chars().take(200).collect::<String>().to_lowercase();
+    if REFUSALS.iter().any(|r| head.contains(r)) {
+        return Some(Escalation::Refusal);
+    }
+    if opts.json && serde_json::from_str::<serde_json::Value>(strip_fence(t)).is_err() {
+        return Some(Escalation::InvalidJson);
+    }
+    if opts.math {
+        if final_number(t).is_none() {
+            return Some(Escalation::NoFinalAnswer);
+        }
+        if has_bad_arithmetic(t) {
+            return Some(Escalation::BadArithmetic);
+        }
+    }
+    None
+}
+
+fn strip_fence(t: &str) -> &str {
+    let t = t.trim();
+    if let Some(rest) = t.strip_prefix("```") {
+        let rest = rest.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+        return rest.trim_end().strip_suffix("```").unwrap_or(rest).trim();
+    }
+    t
+}
+
+/// Unbalanced calculator annotations or code fences, or an answer that stops on an operator.
+pub fn looks_truncated(t: &str) -> bool {
+    if t.matches("<<").count() > t.matches(">>").count() {
+        return true;
+    }
+    if t.matches("```").count() % 2 == 1 {
+        return true;
+    }
+    matches!(
+        t.chars().last(),
+        Some('+' | '-' | '*' | '/' | '=' | '(' | ',' | '<' | '\\')
+    )
+}
+
+fn parse_number(s: &str) -> Option<f64> {
+    let cleaned: String = s
+        .trim()
+        .trim_start_matches('$')
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | '-'))
+        .filter(|&c| c != ',')
+        .collect();
+    cleaned.trim_end_matches('.').parse::<f64>().ok()
+}
+
+/// The final numeric answer: after `####`, `answer is`, `answer:` or inside `\boxed{}`.
+pub fn final_number(t: &str) -> Option<f64> {
+    let lower = t.to_lowercase();
+    for marker in ["####", "answer is", "answer:", "\\boxed{"] {
+        if let Some(pos) = lower.rfind(marker) {
+            let rest = &t[pos + marker.len()..];
+            let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, ':' | '$' | '*'));
+            if let Some(x) = parse_number(rest) {
+                return Some(x);
+            }
+        }
+    }
+    None
+}
+
+/// Evaluates `+ - * /` expressions with parentheses and decimals.
+fn eval_expr(s: &str) -> Option<f64> {
+    struct P<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+    impl P<'_> {
+        fn ws(&mut self) {
+            while self.i < self.b.len() && self.b[self.i] == b' ' {
+                self.i += 1;
+            }
+        }
+        fn expr(&mut self) -> Option<f64> {
+            let mut v = self.term()?;
+            loop {
+                self.ws();
+                match self.b.get(self.i) {
+                    Some(b'+') => {
+                        self.i += 1;
+                        v += self.term()?;
+                    }
+                    Some(b'-') => {
+                        self.i += 1;
+                        v -= self.term()?;
+                    }
+                    _ => return Some(v),
+                }
+            }
+        }
+        fn term(&mut self) -> Option<f64> {
+            let mut v = self.atom()?;
+            loop {
+                self.ws();
+                match self.b.get(self.i) {
+                    Some(b'*') => {
+                        self.i += 1;
+                        v *= self.atom()?;
+                    }
+                    Some(b'/') => {
+                        self.i += 1;
+                        let d = self.atom()?;
+                        if d == 0.0 {
+                            return None;
+                        }
+                        v /= d;
+                    }
+                    _ => return Some(v),
+                }
+            }
+        }
+        fn atom(&mut self) -> Option<f64> {
+            self.ws();
+            match self.b.get(self.i) {
+                Some(b'(') => {
+                    self.i += 1;
+                    let v = self.expr()?;
+                    self.ws();
+                    (self.b.get(self.i) == Some(&b')')).then(|| {
+                        self.i += 1;
+                        v
+                    })
+                }
+                Some(b'-') => {
+                    self.i += 1;
+                    Some(-self.atom()?)
+                }
+                _ => {
+                    let start = self.i;
+                    while self.i < self.b.len() && (self.b[self.i].is_ascii_digit() || self.b[self.i] == b'.') {
+                        self.i += 1;
+                    }
+                    std::str::from_utf8(&self.b[start..self.i]).ok()?.parse().ok()
+                }
+            }
+        }
+    }
+    let cleaned: String = s.chars().filter(|&c| c != ',' && c != '$').collect();
+    let mut p = P {
+        b: cleaned.as_bytes(),
+        i: 0,
+    };
+    let v = p.expr()?;
+    p.ws();
+    (p.i == p.b.len() && v.is_finite()).then_some(v)
+}
+
+/// True when a `<<expr=value>>` annotation's arithmetic is wrong.
+pub fn has_bad_arithmetic(t: &str) -> bool {
+    let mut rest = t;
+    while let Some(a) = rest.find("<<") {
+        let after = &rest[a + 2..];
+        let Some(b) = after.find(">>") else { break };
+        let inner = &after[..b];
+        if let Some((lhs, rhs)) = inner.rsplit_once('=')
+            && let (Some(x), Some(y)) = (eval_expr(lhs), eval_expr(rhs).or_else(|| parse_number(rhs)))
+            && (x - y).abs() > 1e-4 * x.abs().max(1.0)
+        {
+            return true;
+        }
+        rest = &after[b + 2..];
+    }
+    false
+}
+
+/// The cascade's offline operating point.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CascadeReport {
+    /// Share of prompts escalated to the strong model (every prompt also costs one cheap call).
+    pub strong_share: f64,
+    pub quality: f64,
+    pub pgr: f64,
+    /// Escalations by reason.
+    pub reasons: BTreeMap<String, usize>,
+    /// Escalated prompts whose cheap answer was in fact right (wasted strong calls).
+    pub escalated_but_weak_right: usize,
+    /// Accepted cheap answers that were wrong (missed escalations).
+    pub accepted_but_weak_wrong: usize,
+    pub n: usize,
+}
+
+/// Runs the checks on stored cheap answers. Rows without an answer count as escalated (`Empty`).
+pub fn evaluate(
+    answers: &[Option<&str>],
+    outcomes: &[Outcome],
+    opts: CheckOptions,
+) -> Result<CascadeReport, MetricError> {
+    let verdicts: Vec<Option<Escalation>> = answers
+        .iter()
+        .map(|a| match a {
+            Some(text) => check(text, opts),
+            None => Some(Escalation::Empty),
+        })
+        .collect();
+    let strong: Vec<bool> = verdicts.iter().map(Option::is_some).collect();
+    let OperatingPoint {
+        strong_share,
+        quality,
+        pgr,
+    } = operating_point(&strong, outcomes)?;
+    let mut reasons = BTreeMap::new();
+    for v in verdicts.iter().flatten() {
+        let key = serde_json::to_value(v)
+            .ok()
+            .and_then(|x| x.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *reasons.entry(key).or_insert(0) += 1;
+    }
+    let escalated_but_weak_right = strong
+        .iter()
+        .zip(outcomes)
+        .filter(|(s, o)| **s && o.weak >= 0.5)
+        .count();
+    let accepted_but_weak_wrong = strong
+        .iter()
+        .zip(outcomes)
+        .filter(|(s, o)| !**s && o.weak < 0.5)
+        .count();
+    Ok(CascadeReport {
+        strong_share,
+        quality,
+        pgr,
+        reasons,
+        escalated_but_weak_right,
+        accepted_but_weak_wrong,
+        n: outcomes.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MATH: CheckOptions = CheckOptions {
+        math: true,
+        json: false,
+        hit_length_limit: false,
+    };
+
+    #[test]
+    fn accepts_a_complete_checked_answer() {
+        let a = "She has 3 * 20 = <<3*20=60>>60 cups.\n60 - 40 = <<60-40=20>>20\n#### 20";
+        assert_eq!(check(a, MATH), None);
+        assert_eq!(final_number(a), Some(20.0));
+        assert_eq!(final_number("So the answer is $1,250."), Some(1250.0));
+    }
+
+    #[test]
+    fn escalates_each_failure_kind() {
+        assert_eq!(check("  ", MATH), Some(Escalation::Empty));
+        assert_eq!(check("15 + 25 = <<15+2", MATH), Some(Escalation::Truncated));
+        assert_eq!(check("The total is 15 +", MATH), Some(Escalation::Truncated));
+        assert_eq!(
+            check("I'm sorry, I can't help with that.", MATH),
+            Some(Escalation::Refusal)
+        );
+        assert_eq!(check("The total is 40 cups.", MATH), Some(Escalation::NoFinalAnswer));
+        assert_eq!(check("<<2*3=7>>7\n#### 7", MATH), Some(Escalation::BadArithmetic));
+        let json = CheckOptions {
+            math: false,
+            json: true,
+            hit_length_limit: false,
+        };
+        assert_eq!(check("{\"a\": 1", json), Some(Escalation::InvalidJson));
+        assert_eq!(check("```json\n{\"a\": 1}\n```", json), None);
+        let cut = CheckOptions {
+            hit_length_limit: true,
+            ..json
+        };
+        assert_eq!(check("{}", cut), Some(Escalation::Truncated));
+    }
+
+    #[test]
+    fn arithmetic_evaluator() {
+        assert_eq!(eval_expr("2*(3+4)/7 - 1"), Some(1.0));
+        assert_eq!(eval_expr("1,000/4"), Some(250.0));
+        assert_eq!(eval_expr("2*x"), None);
+        assert_eq!(eval_expr("1/0"), None);
+        assert!(!has_bad_arithmetic("<<80/120=2/3>>"));
+        assert!(!has_bad_arithmetic("<<0.5*30=15>>"));
+        assert!(has_bad_arithmetic("<<0.5*30=16>>"));
+    }
+
+    #[test]
+    fn offline_operating_point() {
+        let outcomes = vec![
+            Outcome { strong: 1.0, weak: 1.0 },
+            Outcome { strong: 1.0, weak: 0.0 },
+            Outcome { strong: 1.0, weak: 0.0 },
+            Outcome { strong: 0.0, weak: 0.0 },
+        ];
+        let answers = [Some("#### 5"), Some("#### 6"), Some("no answer"), None];
+        let r = evaluate(&answers, &outcomes, MATH).unwrap();
+        assert_eq!(r.strong_share, 0.5);
+        // quality: 1 + 0 + 1 + 0 over 4; q_weak .25, q_strong .75
+        assert_eq!(r.quality, 0.5);
+        assert_eq!(r.pgr, 0.5);
+        assert_eq!(r.reasons.get("no_final_answer"), Some(&1));
+        assert_eq!(r.reasons.get("empty"), Some(&1));
+        assert_eq!(r.accepted_but_weak_wrong, 1);
+        assert_eq!(r.escalated_but_weak_right, 0);
+    }
+}

@@ -1,0 +1,425 @@
+//! `optiroute router ...`: evaluation, scoring and training commands.
+
+use crate::data::{Row, load_rows, outcomes};
+use crate::eval::{self, EvalReport};
+use crate::features::HashConfig;
+use crate::learned::{LearnedScorer, Target, TrainConfig};
+use crate::metrics::Curve;
+use crate::plot::{self, Marker, Series};
+use crate::scorer::{HeuristicScorer, Scorer};
+use anyhow::{Context, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouterName {
+    /// Logistic regression over hashed n-grams and cheap features (the shipped default).
+    Learned,
+    /// Hand-written rules over size, code, math, reasoning markers, depth and max_tokens.
+    Heuristic,
+    /// The legacy rule: prompt longer than 60 characters -> strong.
+    Length,
+    /// Seeded pseudo-random scores.
+    Random,
+}
+
+impl RouterName {
+    fn as_str(self) -> &'static str {
+        match self {
+            RouterName::Learned => "learned",
+            RouterName::Heuristic => "heuristic",
+            RouterName::Length => "length",
+            RouterName::Random => "random",
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetArg {
+    Gain,
+    StrongNeeded,
+    WeakWrong,
+}
+
+/// Learned-model training settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// log2 of the number of n-gram hash buckets.
+    #[arg(long, default_value_t = 16)]
+    pub bits: u32,
+    /// L2 regularisation strength (relative to the summed loss over the training examples).
+    #[arg(long, default_value_t = 2.5)]
+    pub l2: f64,
+    /// L2 multiplier for the dense features.
+    #[arg(long, default_value_t = 1.0)]
+    pub dense_l2_mult: f64,
+    /// What the model predicts.
+    #[arg(long, value_enum, default_value_t = TargetArg::Gain)]
+    pub target: TargetArg,
+    /// L-BFGS iterations.
+    #[arg(long, default_value_t = 150)]
+    pub iters: usize,
+    /// Shortest char n-gram (0 disables char n-grams).
+    #[arg(long, default_value_t = 3)]
+    pub char_min: usize,
+    /// Longest char n-gram.
+    #[arg(long, default_value_t = 5)]
+    pub char_max: usize,
+    /// Longest word n-gram (0 disables word n-grams).
+    #[arg(long, default_value_t = 2)]
+    pub word_max: usize,
+    /// Weight of the word n-gram family.
+    #[arg(long, default_value_t = 1.0)]
+    pub word_weight: f32,
+    /// Leave out the dense count/signal features.
+    #[arg(long)]
+    pub no_dense: bool,
+    /// Group smoothing of training labels by `subject`/`category` (0 = off, 1 = group mean only).
+    #[arg(long, default_value_t = 0.5)]
+    pub group_smooth: f32,
+}
+
+impl TrainArgs {
+    pub fn config(&self) -> TrainConfig {
+        TrainConfig {
+            hash: HashConfig {
+                bits: self.bits,
+                char_min: self.char_min,
+                char_max: self.char_max,
+                word_max: self.word_max,
+                word_weight: self.word_weight,
+                char_weight: 1.0,
+            },
+            l2: self.l2,
+            dense_l2_mult: self.dense_l2_mult,
+            max_iters: self.iters,
+            target: match self.target {
+                TargetArg::Gain => Target::Gain,
+                TargetArg::StrongNeeded => Target::StrongNeeded,
+                TargetArg::WeakWrong => Target::WeakWrong,
+            },
+            dense: !self.no_dense,
+            group_smooth: self.group_smooth,
+        }
+    }
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RouterCommand {
+    /// Evaluate a router on a JSONL file of prompts with both models' outcomes: quality-vs-strong-share
+    /// curve, APGR, CPT(50%), CPT(80%), PGR at 20/30/50% strong calls, and the length rule's point.
+    Eval {
+        /// JSONL with prompt, strong_correct, weak_correct (or strong_score, weak_score).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value_t = RouterName::Learned)]
+        router: RouterName,
+        /// Learned router: k-fold cross-validation within --data.
+        #[arg(long)]
+        cv: Option<usize>,
+        /// Learned router: train on these files (added to every fold's training set with --cv).
+        #[arg(long, num_args = 1..)]
+        train: Vec<PathBuf>,
+        /// Learned router without --cv/--train: a weights file instead of the embedded weights.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Write an SVG plot of the PGR curves.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Seed for the fold split and the random router.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Threads used to train folds in parallel.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[command(flatten)]
+        train_args: TrainArgs,
+    },
+    /// Score every prompt of a JSONL file with the router as shipped; one JSON line per input line.
+    Score {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value_t = RouterName::Learned)]
+        router: RouterName,
+        /// A weights file instead of the embedded weights (learned router).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Train the learned scorer on JSONL files and write its weights.
+    Train {
+        #[arg(long, num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        train_args: TrainArgs,
+    },
+}
+
+fn load_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for p in paths {
+        rows.extend(load_rows(p, true)?);
+    }
+    Ok(rows)
+}
+
+fn learned_from(weights: Option<&Path>) -> anyhow::Result<LearnedScorer> {
+    Ok(match weights {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            LearnedScorer::from_json(&text).with_context(|| format!("loading {}", p.display()))?
+        }
+        None => LearnedScorer::embedded()?,
+    })
+}
+
+fn shipped_scorer(router: RouterName, weights: Option<&Path>, seed: u64) -> anyhow::Result<Box<dyn Scorer>> {
+    Ok(match router {
+        RouterName::Learned => Box::new(learned_from(weights)?),
+        other => eval::rule_scorer(other.as_str(), seed).context("unknown router")?,
+    })
+}
+
+/// Runs one `router` subcommand.
+pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
+    match cmd {
+        RouterCommand::Eval {
+            data,
+            router,
+            cv,
+            train,
+            weights,
+            plot,
+            json,
+            seed,
+            threads,
+            train_args,
+        } => {
+            let rows = load_rows(&data, true)?;
+            let cfg = train_args.config();
+            let data_name = data.display().to_string();
+            let trained_on: Vec<String> = train.iter().map(|p| p.display().to_string()).collect();
+            let (scores, folds, mode) = if router == RouterName::Learned {
+                if let Some(k) = cv {
+                    let extra = load_all(&train)?;
+                    let (s, f) = eval::cross_val_scores(&rows, &extra, k, seed, &cfg, threads)?;
+                    (s, Some((f, k)), "cv")
+                } else if !train.is_empty() {
+                    let model = eval::train_on(&load_all(&train)?, &cfg)?;
+                    (eval::score_rows(&model, &rows), None, "train-test")
+                } else {
+                    let model = learned_from(weights.as_deref())?;
+                    eprintln!(
+                        "note: scoring with the shipped weights; if they were trained on {data_name} the figures are in-sample (use --cv K or --train FILES)"
+                    );
+                    (eval::score_rows(&model, &rows), None, "shipped")
+                }
+            } else {
+                if cv.is_some() || !train.is_empty() {
+                    eprintln!(
+                        "note: --cv/--train apply to the learned router only; {} has no training",
+                        router.as_str()
+                    );
+                }
+                let s = shipped_scorer(router, None, seed)?;
+                (eval::score_rows(s.as_ref(), &rows), None, "rule")
+            };
+            let rep = eval::report(
+                eval::Provenance {
+                    router: router.as_str(),
+                    mode,
+                    data: &data_name,
+                    trained_on,
+                    seed,
+                    folds: folds.as_ref().map(|(f, k)| (f.as_slice(), *k)),
+                },
+                &rows,
+                &scores,
+            )?;
+            if let Some(path) = plot {
+                let heuristic = if router != RouterName::Heuristic {
+                    let h = eval::score_rows(&HeuristicScorer::default(), &rows);
+                    Some(Curve::from_scores(&h, &outcomes(&rows))?)
+                } else {
+                    None
+                };
+                let svg = render_plot(&rep, heuristic.as_ref());
+                std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+            }
+            let mut stdout = std::io::stdout().lock();
+            if json {
+                writeln!(stdout, "{}", serde_json::to_string(&rep)?)?;
+            } else {
+                write!(stdout, "{}", table(&rep))?;
+            }
+        }
+        RouterCommand::Score {
+            data,
+            router,
+            weights,
+            seed,
+        } => {
+            let rows = load_rows(&data, false)?;
+            let scorer = shipped_scorer(router, weights.as_deref(), seed)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for r in &rows {
+                let line = serde_json::json!({ "prompt": r.prompt, "score": scorer.score(&r.conv) });
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+        }
+        RouterCommand::Train { data, out, train_args } => {
+            let rows = load_all(&data)?;
+            if rows.is_empty() {
+                bail!("no rows in the training files");
+            }
+            let cfg = train_args.config();
+            let mut model = eval::train_on(&rows, &cfg)?;
+            model.set_meta(serde_json::json!({
+                "trained_on": data.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()).collect::<Vec<_>>(),
+                "examples": rows.len(),
+                "config": cfg,
+            }));
+            let text = model.to_json()?;
+            std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "wrote {} ({} bytes, {} examples)",
+                out.display(),
+                text.len(),
+                rows.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map(|v| format!("{:.1}%", v * 100.0))
+        .unwrap_or_else(|| "never".into())
+}
+
+/// The human-readable report.
+pub fn table(r: &EvalReport) -> String {
+    let mut s = String::new();
+    let mode = match r.mode.as_str() {
+        "cv" => format!("{}-fold cross-validation (seed {})", r.cv_folds.unwrap_or(0), r.seed),
+        "train-test" => format!("trained on {}", r.trained_on.join(", ")),
+        other => other.to_string(),
+    };
+    s += &format!("router {} on {} ({} prompts; {mode})\n", r.router, r.data, r.n);
+    s += &format!("  quality: strong {:.4}, weak {:.4}\n", r.q_strong, r.q_weak);
+    s += &format!("  APGR        {:.4}\n", r.apgr);
+    if !r.fold_apgr.is_empty() {
+        let m = r.fold_apgr.iter().sum::<f64>() / r.fold_apgr.len() as f64;
+        let sd = (r.fold_apgr.iter().map(|x| (x - m).powi(2)).sum::<f64>() / r.fold_apgr.len() as f64).sqrt();
+        s += &format!("  APGR/fold   {m:.4} ± {sd:.4}\n");
+    }
+    s += &format!("  CPT(50%)    {}\n  CPT(80%)    {}\n", pct(r.cpt50), pct(r.cpt80));
+    s += &format!(
+        "  PGR @20%    {:.4}\n  PGR @30%    {:.4}\n  PGR @50%    {:.4}\n",
+        r.pgr_at_20, r.pgr_at_30, r.pgr_at_50
+    );
+    s += &format!("  max PGR     {:.4} at {:.1}%\n", r.max_pgr, r.max_pgr_at * 100.0);
+    s += &format!(
+        "  length rule (>60 chars): strong share {:.1}%, PGR {:.4}\n",
+        r.length_rule.strong_share * 100.0,
+        r.length_rule.pgr
+    );
+    s += &format!(
+        "  length as a ranking: APGR {:.4}, CPT(50%) {}, CPT(80%) {}\n",
+        r.length_curve.apgr,
+        pct(r.length_curve.cpt50),
+        pct(r.length_curve.cpt80)
+    );
+    for (name, m) in [
+        ("length rule", &r.vs_length_rule),
+        ("length ranking", &r.vs_length_curve),
+    ] {
+        if let Some(m) = m {
+            s += &format!(
+                "  vs {name}: min PGR margin {:+.4} at {:.1}% -> {} below 90%\n",
+                m.min_margin,
+                m.at_share * 100.0,
+                if m.beats_below_90 {
+                    "better everywhere"
+                } else {
+                    "NOT better everywhere"
+                }
+            );
+        }
+    }
+    if let Some(c) = &r.cascade {
+        s += &format!(
+            "  cascade (cheap first, escalate on failed checks): strong share {:.1}%, PGR {:.4}, reasons {:?}\n",
+            c.strong_share * 100.0,
+            c.pgr,
+            c.reasons
+        );
+    }
+    s
+}
+
+/// The SVG for an eval report (plus an optional heuristic curve for comparison).
+pub fn render_plot(r: &EvalReport, heuristic: Option<&Curve>) -> String {
+    let dense = |c: &Curve| plot::thin(&c.points().collect::<Vec<_>>(), 400);
+    let label = match r.mode.as_str() {
+        "cv" => format!("{} ({}-fold CV), APGR {:.3}", r.router, r.cv_folds.unwrap_or(0), r.apgr),
+        "train-test" => format!("{} (other benchmarks), APGR {:.3}", r.router, r.apgr),
+        _ => format!("{}, APGR {:.3}", r.router, r.apgr),
+    };
+    let mut series = vec![Series {
+        label,
+        points: dense(&r.curve),
+        color: plot::PALETTE[0],
+        dashed: false,
+    }];
+    if let Some(h) = heuristic {
+        series.push(Series {
+            label: format!("heuristic, APGR {:.3}", h.apgr()),
+            points: dense(h),
+            color: plot::PALETTE[2],
+            dashed: false,
+        });
+    }
+    series.push(Series {
+        label: format!("prompt length ranking, APGR {:.3}", r.length_curve.apgr),
+        points: dense(&r.length_score_curve),
+        color: plot::PALETTE[3],
+        dashed: true,
+    });
+    series.push(Series {
+        label: "random, APGR 0.500".into(),
+        points: vec![(0.0, 0.0), (1.0, 1.0)],
+        color: "#999999",
+        dashed: true,
+    });
+    let mut markers = vec![Marker {
+        label: format!("length > 60 rule ({:.1}% strong)", r.length_rule.strong_share * 100.0),
+        share: r.length_rule.strong_share,
+        pgr: r.length_rule.pgr,
+        color: plot::PALETTE[1],
+    }];
+    if let Some(c) = &r.cascade {
+        markers.push(Marker {
+            label: format!("cascade ({:.1}% strong)", c.strong_share * 100.0),
+            share: c.strong_share,
+            pgr: c.pgr,
+            color: plot::PALETTE[4],
+        });
+    }
+    let file = Path::new(&r.data)
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_else(|| r.data.clone());
+    plot::render(
+        &format!("PGR vs strong-model share: {file} ({} prompts)", r.n),
+        &series,
+        &markers,
+    )
+}

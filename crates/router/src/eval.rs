@@ -1,0 +1,311 @@
+//! Offline evaluation: scores for a data file from any router (with k-fold cross-validation or
+//! train-on-other-files for the learned one), the full metric report, and the comparison baselines.
+
+use crate::cascade::{self, CascadeReport, CheckOptions};
+use crate::data::{Row, outcomes};
+use crate::learned::{Example, LearnedScorer, TrainConfig, TrainError, train};
+use crate::metrics::{Curve, MetricError, OperatingPoint, operating_point};
+use crate::scorer::{HeuristicScorer, LengthRule, RandomScorer, Scorer};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Training examples from rows with outcomes, labelled for `cfg.target`.
+pub fn examples(rows: &[Row], cfg: &TrainConfig) -> Vec<Example> {
+    let a = cfg.group_smooth.clamp(0.0, 1.0);
+    let mut group_mean: HashMap<&str, (f64, usize)> = HashMap::new();
+    if a > 0.0 {
+        for r in rows {
+            if let (Some(g), Some(o)) = (r.group.as_deref(), r.outcome) {
+                let e = group_mean.entry(g).or_insert((0.0, 0));
+                e.0 += cfg.target.label(o.strong, o.weak) as f64;
+                e.1 += 1;
+            }
+        }
+    }
+    rows.iter()
+        .filter_map(|r| {
+            r.outcome.map(|o| {
+                let own = cfg.target.label(o.strong, o.weak);
+                let label = match r.group.as_deref().and_then(|g| group_mean.get(g)) {
+                    Some(&(sum, n)) if a > 0.0 => (1.0 - a) * own + a * (sum / n as f64) as f32,
+                    _ => own,
+                };
+                Example {
+                    conv: r.conv.clone(),
+                    label,
+                    weight: 1.0,
+                }
+            })
+        })
+        .collect()
+}
+
+/// Scores every row with a scorer.
+pub fn score_rows(scorer: &dyn Scorer, rows: &[Row]) -> Vec<f32> {
+    rows.iter().map(|r| scorer.score(&r.conv)).collect()
+}
+
+/// A seeded permutation of `0..n` (Fisher-Yates over a 64-bit LCG).
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    for i in (1..n).rev() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let j = ((state >> 33) % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    idx
+}
+
+/// Out-of-fold scores from k-fold cross-validation (folds from a seeded shuffle). `extra` rows are
+/// added to every fold's training set. Folds train in parallel on up to `threads` threads.
+pub fn cross_val_scores(
+    rows: &[Row],
+    extra: &[Row],
+    k: usize,
+    seed: u64,
+    cfg: &TrainConfig,
+    threads: usize,
+) -> Result<(Vec<f32>, Vec<usize>), TrainError> {
+    if k < 2 || k > rows.len() {
+        return Err(TrainError::Config(format!(
+            "--cv {k} needs 2 <= k <= {} rows",
+            rows.len()
+        )));
+    }
+    let perm = permutation(rows.len(), seed);
+    let mut fold_of = vec![0usize; rows.len()];
+    for (pos, &i) in perm.iter().enumerate() {
+        fold_of[i] = pos % k;
+    }
+    let extra_ex = examples(extra, cfg);
+    let run_fold = |f: usize| -> Result<Vec<(usize, f32)>, TrainError> {
+        let train_rows: Vec<Row> = rows
+            .iter()
+            .zip(&fold_of)
+            .filter(|(_, g)| **g != f)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut ex = examples(&train_rows, cfg);
+        ex.extend(extra_ex.iter().cloned());
+        let model = train(&ex, cfg)?;
+        Ok(rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| fold_of[*i] == f)
+            .map(|(i, r)| (i, model.score(&r.conv)))
+            .collect())
+    };
+    let mut scores = vec![0.0f32; rows.len()];
+    let threads = threads.clamp(1, k);
+    let folds: Vec<usize> = (0..k).collect();
+    for chunk in folds.chunks(threads) {
+        let results: Vec<Result<Vec<(usize, f32)>, TrainError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|&f| s.spawn(move || run_fold(f))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(TrainError::Config("fold thread panicked".into())))
+                })
+                .collect()
+        });
+        for r in results {
+            for (i, sc) in r? {
+                scores[i] = sc;
+            }
+        }
+    }
+    Ok((scores, fold_of))
+}
+
+/// Margin of a curve over a baseline at shares in (0, 0.9).
+#[derive(Clone, Debug, Serialize)]
+pub struct Margin {
+    /// Smallest PGR(router) - PGR(baseline) over strong shares in (0, 0.9).
+    pub min_margin: f64,
+    pub at_share: f64,
+    /// `min_margin > 0`: better at every share below 90%.
+    pub beats_below_90: bool,
+}
+
+fn margin(curve: &Curve, base: &Curve) -> Option<Margin> {
+    curve.min_margin_over(base, 0.0, 0.9).map(|(s, m)| Margin {
+        min_margin: m,
+        at_share: s,
+        beats_below_90: m > 0.0,
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BaselineSummary {
+    pub apgr: f64,
+    pub cpt50: Option<f64>,
+    pub cpt80: Option<f64>,
+}
+
+/// Everything `router eval --json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub router: String,
+    /// How the scores were obtained: "cv", "train-test", "shipped" or "rule".
+    pub mode: String,
+    pub data: String,
+    pub trained_on: Vec<String>,
+    pub cv_folds: Option<usize>,
+    pub seed: u64,
+    pub n: usize,
+    pub q_strong: f64,
+    pub q_weak: f64,
+    pub apgr: f64,
+    pub cpt50: Option<f64>,
+    pub cpt80: Option<f64>,
+    pub pgr_at_20: f64,
+    pub pgr_at_30: f64,
+    pub pgr_at_50: f64,
+    pub max_pgr: f64,
+    pub max_pgr_at: f64,
+    /// APGR of each cross-validation fold scored on its own (the headline figures pool all folds).
+    pub fold_apgr: Vec<f64>,
+    /// The legacy rule `prompt > 60 chars -> strong` as one operating point.
+    pub length_rule: OperatingPoint,
+    /// Versus the length rule used under a budget (random pick among prompts over 60 chars).
+    pub vs_length_rule: Option<Margin>,
+    /// Prompt length as a ranking score (any threshold): a stronger baseline than the fixed rule.
+    pub length_curve: BaselineSummary,
+    pub vs_length_curve: Option<Margin>,
+    /// Cascade checks on the stored cheap answers, when the file has `weak_response`.
+    pub cascade: Option<CascadeReport>,
+    #[serde(skip)]
+    pub curve: Curve,
+    #[serde(skip)]
+    pub length_rule_curve: Curve,
+    #[serde(skip)]
+    pub length_score_curve: Curve,
+}
+
+/// Where a set of scores came from (copied into the report).
+#[derive(Clone, Debug, Default)]
+pub struct Provenance<'a> {
+    pub router: &'a str,
+    /// "cv", "train-test", "shipped" or "rule".
+    pub mode: &'a str,
+    pub data: &'a str,
+    pub trained_on: Vec<String>,
+    pub seed: u64,
+    /// Fold of each row and the number of folds, for cross-validated scores.
+    pub folds: Option<(&'a [usize], usize)>,
+}
+
+/// Builds the report for `scores` on `rows`.
+pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalReport, MetricError> {
+    let Provenance {
+        router,
+        mode,
+        data,
+        trained_on,
+        seed,
+        folds: fold_of,
+    } = p;
+    let out = outcomes(rows);
+    let curve = Curve::from_scores(scores, &out)?;
+    let rule = LengthRule::default();
+    let rule_scores = score_rows(&rule, rows);
+    let rule_decisions: Vec<bool> = rule_scores.iter().map(|&s| s > 0.5).collect();
+    let length_rule = operating_point(&rule_decisions, &out)?;
+    let length_rule_curve = Curve::from_scores(&rule_scores, &out)?;
+    let len_scores: Vec<f32> = rows.iter().map(|r| r.conv.last_user().chars().count() as f32).collect();
+    let length_score_curve = Curve::from_scores(&len_scores, &out)?;
+    let mut fold_apgr = Vec::new();
+    if let Some((fold_of, k)) = fold_of {
+        for f in 0..k {
+            let idx: Vec<usize> = (0..rows.len()).filter(|&i| fold_of[i] == f).collect();
+            let s: Vec<f32> = idx.iter().map(|&i| scores[i]).collect();
+            let o: Vec<_> = idx.iter().map(|&i| out[i]).collect();
+            if let Ok(c) = Curve::from_scores(&s, &o) {
+                fold_apgr.push(c.apgr());
+            }
+        }
+    }
+    let cascade = if rows.iter().any(|r| r.weak_response.is_some()) {
+        let answers: Vec<Option<&str>> = rows.iter().map(|r| r.weak_response.as_deref()).collect();
+        let math = rows.iter().all(|r| r.benchmark.eq_ignore_ascii_case("gsm8k"));
+        Some(cascade::evaluate(
+            &answers,
+            &out,
+            CheckOptions {
+                math,
+                json: false,
+                hit_length_limit: false,
+            },
+        )?)
+    } else {
+        None
+    };
+    let (max_pgr_at, max_pgr) = curve.max_pgr();
+    Ok(EvalReport {
+        router: router.to_string(),
+        mode: mode.to_string(),
+        data: data.to_string(),
+        trained_on,
+        cv_folds: fold_of.map(|f| f.1),
+        seed,
+        n: rows.len(),
+        q_strong: curve.q_strong,
+        q_weak: curve.q_weak,
+        apgr: curve.apgr(),
+        cpt50: curve.cpt(0.5),
+        cpt80: curve.cpt(0.8),
+        pgr_at_20: curve.pgr_at(0.2),
+        pgr_at_30: curve.pgr_at(0.3),
+        pgr_at_50: curve.pgr_at(0.5),
+        max_pgr,
+        max_pgr_at,
+        fold_apgr,
+        length_rule,
+        vs_length_rule: margin(&curve, &length_rule_curve),
+        length_curve: BaselineSummary {
+            apgr: length_score_curve.apgr(),
+            cpt50: length_score_curve.cpt(0.5),
+            cpt80: length_score_curve.cpt(0.8),
+        },
+        vs_length_curve: margin(&curve, &length_score_curve),
+        cascade,
+        curve,
+        length_rule_curve,
+        length_score_curve,
+    })
+}
+
+/// The rule-based scorers by name.
+pub fn rule_scorer(name: &str, seed: u64) -> Option<Box<dyn Scorer>> {
+    match name {
+        "heuristic" => Some(Box::new(HeuristicScorer::default())),
+        "length" => Some(Box::new(LengthRule::default())),
+        "random" => Some(Box::new(RandomScorer { seed })),
+        _ => None,
+    }
+}
+
+/// Trains on all `rows` (for `router train`).
+pub fn train_on(rows: &[Row], cfg: &TrainConfig) -> Result<LearnedScorer, TrainError> {
+    train(&examples(rows, cfg), cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn permutation_is_a_seeded_shuffle() {
+        let p = permutation(100, 3);
+        let mut s = p.clone();
+        s.sort_unstable();
+        assert_eq!(s, (0..100).collect::<Vec<_>>());
+        assert_eq!(p, permutation(100, 3));
+        assert_ne!(p, permutation(100, 4));
+    }
+}

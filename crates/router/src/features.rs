@@ -1,0 +1,560 @@
+//! Cheap text features shared by the heuristic and the learned scorer: counts and signals computed in one
+//! pass over the text, and hashed word / character n-grams.
+
+use crate::conversation::{Conversation, Role};
+use serde::{Deserialize, Serialize};
+
+/// Longest text (in chars) that n-gram hashing looks at; longer texts keep their head and tail halves.
+pub const MAX_NGRAM_CHARS: usize = 12_000;
+
+const REASONING_MARKERS: &[&str] = &[
+    "step by step",
+    "step-by-step",
+    "explain",
+    "why ",
+    "prove",
+    "proof",
+    "derive",
+    "justify",
+    "reason",
+    "analy",
+    "compare",
+    "evaluate",
+    "calculate",
+    "how many",
+    "how much",
+    "what is the probability",
+    "implications",
+    "trade-off",
+    "tradeoff",
+];
+
+const ESSAY_MARKERS: &[&str] = &[
+    "essay",
+    "write a",
+    "compose",
+    "draft",
+    "story",
+    "poem",
+    "blog post",
+    "article",
+    "detailed",
+    "in depth",
+    "in-depth",
+    "comprehensive",
+    "critique",
+    "elaborate",
+];
+
+const CODE_MARKERS: &[&str] = &[
+    "```",
+    "def ",
+    "fn ",
+    "function",
+    "class ",
+    "return ",
+    "import ",
+    "#include",
+    "public ",
+    "println",
+    "printf",
+    "console.",
+    "select ",
+    "=>",
+    "->",
+    "python",
+    "javascript",
+    "rust",
+    "c++",
+    "sql",
+    "regex",
+    "algorithm",
+    "code",
+];
+
+const MATH_MARKERS: &[&str] = &[
+    "\\frac",
+    "\\sqrt",
+    "sqrt",
+    "integral",
+    "derivative",
+    "equation",
+    "solve",
+    "theorem",
+    "matrix",
+    "polynomial",
+    "probability",
+    "percent",
+    "%",
+    "^",
+    "\\",
+    "sum of",
+    "product of",
+    "log",
+];
+
+/// Counts and signals about one text, computed in a few linear passes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TextStats {
+    pub chars: usize,
+    pub words: usize,
+    pub lines: usize,
+    pub digits: usize,
+    pub numbers: usize,
+    pub longest_number: usize,
+    pub uppercase: usize,
+    pub non_ascii: usize,
+    pub question_marks: usize,
+    pub math_symbols: usize,
+    pub math_markers: usize,
+    pub code_markers: usize,
+    pub code_symbols: usize,
+    pub reasoning_markers: usize,
+    pub essay_markers: usize,
+    /// Lines that look like multiple-choice options ("A. ...", "B) ...").
+    pub options: usize,
+    /// Characters in option lines, and option lines that are mostly digits.
+    pub option_chars: usize,
+    pub numeric_options: usize,
+    pub sentences: usize,
+    /// Negation / exception words ("not", "except", "false", "least", ...).
+    pub negations: usize,
+    /// Quantity words of word problems ("each", "per", "twice", "remaining", ...).
+    pub quantity_words: usize,
+}
+
+const NEGATIONS: &[&str] = &[
+    " not ",
+    "n't ",
+    " except",
+    " false",
+    " least",
+    " incorrect",
+    " never",
+    " neither",
+];
+const QUANTITY_WORDS: &[&str] = &[
+    " each ",
+    " per ",
+    " every ",
+    " twice",
+    " half",
+    " times ",
+    " remaining",
+    " total",
+    " rest ",
+    " more than",
+    " less than",
+    " fewer",
+    " percent",
+    " average",
+    " ratio",
+];
+
+fn count_markers(lower: &str, markers: &[&str]) -> usize {
+    markers.iter().map(|m| lower.matches(m).count()).sum()
+}
+
+impl TextStats {
+    pub fn of(text: &str) -> TextStats {
+        let mut s = TextStats::default();
+        let mut in_word = false;
+        let mut num_len = 0usize;
+        let mut line_start = true;
+        let mut line_prefix: [char; 2] = [' ', ' '];
+        let mut line_pos = 0usize;
+        for c in text.chars() {
+            s.chars += 1;
+            if c.is_uppercase() {
+                s.uppercase += 1;
+            }
+            if !c.is_ascii() {
+                s.non_ascii += 1;
+            }
+            if c.is_ascii_digit() {
+                s.digits += 1;
+                num_len += 1;
+            } else if num_len > 0 && !(c == '.' || c == ',') {
+                s.numbers += 1;
+                s.longest_number = s.longest_number.max(num_len);
+                num_len = 0;
+            }
+            if c.is_alphanumeric() {
+                if !in_word {
+                    s.words += 1;
+                    in_word = true;
+                }
+            } else {
+                in_word = false;
+            }
+            match c {
+                '?' => s.question_marks += 1,
+                '=' | '+' | '*' | '/' | '<' | '>' | '^' | '√' | '∑' | '∫' | '≤' | '≥' | '±' | '×' | '÷' => {
+                    s.math_symbols += 1
+                }
+                '{' | '}' | ';' | '[' | ']' | '(' | ')' | '_' | '|' | '&' | '$' => s.code_symbols += 1,
+                _ => {}
+            }
+            if c == '\n' {
+                s.lines += 1;
+                line_start = true;
+                line_pos = 0;
+                continue;
+            }
+            if line_start && line_pos < 2 {
+                line_prefix[line_pos] = c;
+                line_pos += 1;
+                if line_pos == 2 {
+                    if line_prefix[0].is_ascii_uppercase() && matches!(line_prefix[1], '.' | ')' | ':') {
+                        s.options += 1;
+                    }
+                    line_start = false;
+                }
+            }
+        }
+        if num_len > 0 {
+            s.numbers += 1;
+            s.longest_number = s.longest_number.max(num_len);
+        }
+        if s.chars > 0 {
+            s.lines += 1;
+        }
+        for line in text.lines() {
+            let mut it = line.chars();
+            if let (Some(a), Some(b)) = (it.next(), it.next())
+                && a.is_ascii_uppercase()
+                && matches!(b, '.' | ')' | ':')
+            {
+                let body = line[2..].trim();
+                s.option_chars += body.chars().count();
+                let digits = body.chars().filter(|c| c.is_ascii_digit()).count();
+                if digits * 2 >= body.chars().filter(|c| !c.is_whitespace()).count().max(1) {
+                    s.numeric_options += 1;
+                }
+            }
+        }
+        s.sentences = text
+            .split(['.', '?', '!'])
+            .filter(|p| p.chars().filter(|c| c.is_alphabetic()).count() > 3)
+            .count();
+        let lower = text.to_lowercase();
+        s.negations = count_markers(&format!(" {lower} "), NEGATIONS);
+        s.quantity_words = count_markers(&format!(" {lower} "), QUANTITY_WORDS);
+        s.math_markers = count_markers(&lower, MATH_MARKERS);
+        s.code_markers = count_markers(&lower, CODE_MARKERS);
+        s.reasoning_markers = count_markers(&lower, REASONING_MARKERS);
+        s.essay_markers = count_markers(&lower, ESSAY_MARKERS);
+        s
+    }
+
+    /// A token-ish count without a tokenizer: English BPE averages about 4 characters or 0.75 words a
+    /// token; take the larger estimate so digit- and symbol-heavy text is not undercounted.
+    pub fn approx_tokens(&self) -> usize {
+        let by_chars = self.chars.div_ceil(4);
+        let by_words = (self.words * 4).div_ceil(3);
+        by_chars.max(by_words)
+    }
+}
+
+/// Names of the dense features, in the order [`dense_features`] returns them.
+pub const DENSE_NAMES: &[&str] = &[
+    "ln_last_user_chars",
+    "ln_last_user_words",
+    "ln_context_chars",
+    "ln_user_turns",
+    "ln_assistant_turns",
+    "has_system",
+    "ln_numbers",
+    "digit_fraction",
+    "ln_longest_number",
+    "ln_math_symbols",
+    "ln_math_markers",
+    "ln_code_markers",
+    "code_symbol_fraction",
+    "ln_reasoning_markers",
+    "ln_essay_markers",
+    "ln_question_marks",
+    "ln_lines",
+    "ln_options",
+    "ln_max_tokens",
+    "has_max_tokens",
+    "mean_word_len",
+    "uppercase_fraction",
+    "non_ascii_fraction",
+    "ln_option_chars_mean",
+    "numeric_option_fraction",
+    "ln_sentences",
+    "ln_negations",
+    "ln_quantity_words",
+];
+
+fn ln1(x: usize) -> f32 {
+    (x as f32).ln_1p()
+}
+
+fn frac(a: usize, b: usize) -> f32 {
+    if b == 0 { 0.0 } else { a as f32 / b as f32 }
+}
+
+/// Dense (unscaled) features of a conversation; `stats` are the last user turn's.
+pub fn dense_features(conv: &Conversation, stats: &TextStats) -> Vec<f32> {
+    let ctx = conv.context_chars();
+    let letters = stats.chars.saturating_sub(stats.digits);
+    vec![
+        ln1(stats.chars),
+        ln1(stats.words),
+        ln1(ctx),
+        ln1(conv.count_role(Role::User)),
+        ln1(conv.count_role(Role::Assistant)),
+        if conv.count_role(Role::System) > 0 { 1.0 } else { 0.0 },
+        ln1(stats.numbers),
+        frac(stats.digits, stats.chars),
+        ln1(stats.longest_number),
+        ln1(stats.math_symbols),
+        ln1(stats.math_markers),
+        ln1(stats.code_markers),
+        frac(stats.code_symbols, stats.chars),
+        ln1(stats.reasoning_markers),
+        ln1(stats.essay_markers),
+        ln1(stats.question_marks),
+        ln1(stats.lines),
+        ln1(stats.options),
+        conv.max_tokens.map(|m| ln1(m as usize)).unwrap_or(0.0),
+        if conv.max_tokens.is_some() { 1.0 } else { 0.0 },
+        frac(letters, stats.words.max(1)).min(20.0),
+        frac(stats.uppercase, stats.chars),
+        frac(stats.non_ascii, stats.chars),
+        (frac(stats.option_chars, stats.options.max(1))).ln_1p(),
+        frac(stats.numeric_options, stats.options),
+        ln1(stats.sentences),
+        ln1(stats.negations),
+        ln1(stats.quantity_words),
+    ]
+}
+
+/// Which n-grams are hashed, and into how many buckets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HashConfig {
+    /// log2 of the number of hash buckets.
+    pub bits: u32,
+    /// Character n-gram lengths, inclusive (0 disables).
+    pub char_min: usize,
+    pub char_max: usize,
+    /// Word n-grams up to this length (0 disables, 1 = unigrams, 2 = uni+bigrams).
+    pub word_max: usize,
+    /// Weight of the word family relative to the char family after per-family L2 normalisation.
+    pub word_weight: f32,
+    pub char_weight: f32,
+}
+
+impl Default for HashConfig {
+    fn default() -> Self {
+        HashConfig {
+            bits: 16,
+            char_min: 3,
+            char_max: 5,
+            word_max: 2,
+            word_weight: 1.0,
+            char_weight: 1.0,
+        }
+    }
+}
+
+#[inline]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[inline]
+fn fnv_step(h: u64, c: u32) -> u64 {
+    (h ^ c as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Normalises text for n-grams: lowercase, digits folded to '0', whitespace runs collapsed to one space,
+/// padded with a space on both ends. Long texts keep their head and tail.
+fn normalise(text: &str) -> Vec<char> {
+    let mut out = Vec::with_capacity(text.len().min(MAX_NGRAM_CHARS) + 2);
+    out.push(' ');
+    let total = text.chars().count();
+    let half = MAX_NGRAM_CHARS / 2;
+    let mut prev_space = true;
+    for (i, c) in text.chars().enumerate() {
+        if total > MAX_NGRAM_CHARS && i >= half && i < total - half {
+            continue;
+        }
+        if c.is_whitespace() {
+            if !prev_space {
+                out.push(' ');
+                prev_space = true;
+            }
+            continue;
+        }
+        prev_space = false;
+        if c.is_ascii_digit() {
+            out.push('0');
+        } else if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    if !prev_space {
+        out.push(' ');
+    }
+    out
+}
+
+/// A sparse feature vector: (bucket, value), buckets sorted and unique.
+pub type Sparse = Vec<(u32, f32)>;
+
+/// Collapses hashed (bucket, sign) hits into a sorted sparse vector with sublinear counts, L2-normalised
+/// and scaled by `weight`.
+fn finish(mut hits: Vec<(u32, i8)>, weight: f32, out: &mut Sparse) {
+    if hits.is_empty() || weight == 0.0 {
+        return;
+    }
+    hits.sort_unstable_by_key(|h| h.0);
+    let start = out.len();
+    let mut i = 0;
+    while i < hits.len() {
+        let b = hits[i].0;
+        let mut v = 0i32;
+        while i < hits.len() && hits[i].0 == b {
+            v += hits[i].1 as i32;
+            i += 1;
+        }
+        if v != 0 {
+            let m = (v.unsigned_abs() as f32).ln_1p();
+            out.push((b, if v > 0 { m } else { -m }));
+        }
+    }
+    let norm = out[start..].iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        let k = weight / norm;
+        for e in &mut out[start..] {
+            e.1 *= k;
+        }
+    }
+}
+
+/// Hashed word and char n-grams of `text` (signed feature hashing), as a sorted sparse vector.
+/// Word and char families use disjoint hash seeds and may share buckets.
+pub fn hashed_ngrams(text: &str, cfg: &HashConfig) -> Sparse {
+    let mask = (1u64 << cfg.bits) - 1;
+    let chars = normalise(text);
+    let mut out: Sparse = Vec::new();
+    let bucket = |h: u64| -> (u32, i8) {
+        let z = mix64(h);
+        ((z & mask) as u32, if z >> 63 == 0 { 1 } else { -1 })
+    };
+
+    if cfg.word_max > 0 {
+        let mut words: Vec<u64> = Vec::new();
+        let mut h = FNV_OFFSET;
+        let mut in_word = false;
+        for &c in &chars {
+            if c.is_alphanumeric() {
+                h = fnv_step(h, c as u32);
+                in_word = true;
+            } else {
+                if in_word {
+                    words.push(h);
+                    h = FNV_OFFSET;
+                    in_word = false;
+                }
+                if !c.is_whitespace() {
+                    // punctuation is its own token
+                    words.push(fnv_step(FNV_OFFSET ^ 0x55, c as u32));
+                }
+            }
+        }
+        let mut hits = Vec::with_capacity(words.len() * cfg.word_max);
+        for i in 0..words.len() {
+            let mut g = 0x9e37_79b9_7f4a_7c15u64;
+            for n in 0..cfg.word_max {
+                if i + n >= words.len() {
+                    break;
+                }
+                g = mix64(g ^ words[i + n]).wrapping_add(n as u64 + 1);
+                hits.push(bucket(g ^ 0x1111));
+            }
+        }
+        finish(hits, cfg.word_weight, &mut out);
+    }
+
+    if cfg.char_max >= cfg.char_min && cfg.char_min > 0 {
+        let span = cfg.char_max - cfg.char_min + 1;
+        let mut hits = Vec::with_capacity(chars.len() * span);
+        for i in 0..chars.len() {
+            let mut h = FNV_OFFSET;
+            for (n, &c) in chars[i..].iter().take(cfg.char_max).enumerate() {
+                h = fnv_step(h, c as u32);
+                if n + 1 >= cfg.char_min {
+                    hits.push(bucket(h ^ 0x2222 ^ ((n as u64) << 56)));
+                }
+            }
+        }
+        let mut char_part = Vec::new();
+        finish(hits, cfg.char_weight, &mut char_part);
+        out = merge(out, char_part);
+    } else {
+        out.sort_unstable_by_key(|e| e.0);
+    }
+    out
+}
+
+/// Merges two sorted sparse vectors, adding values in shared buckets.
+fn merge(a: Sparse, b: Sparse) -> Sparse {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if j >= b.len() || (i < a.len() && a[i].0 < b[j].0) {
+            out.push(a[i]);
+            i += 1;
+        } else if i >= a.len() || b[j].0 < a[i].0 {
+            out.push(b[j]);
+            j += 1;
+        } else {
+            out.push((a[i].0, a[i].1 + b[j].1));
+            i += 1;
+            j += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_count_numbers_options_and_markers() {
+        let s = TextStats::of("What is 12 + 345?\nA. 1\nB. 2\nExplain step by step.");
+        assert_eq!(s.numbers, 4);
+        assert_eq!(s.longest_number, 3);
+        assert_eq!(s.options, 2);
+        assert_eq!(s.lines, 4);
+        assert!(s.reasoning_markers >= 2);
+        assert_eq!(s.question_marks, 1);
+    }
+
+    #[test]
+    fn hashed_vectors_are_sorted_unique_and_normalised() {
+        let cfg = HashConfig::default();
+        let v = hashed_ngrams("The quick brown fox jumps over the lazy dog. The dog sleeps.", &cfg);
+        assert!(!v.is_empty());
+        assert!(v.windows(2).all(|w| w[0].0 < w[1].0));
+        let norm2: f32 = v.iter().map(|e| e.1 * e.1).sum();
+        // two families, each of unit norm, overlapping only by chance
+        assert!(norm2 > 1.5 && norm2 < 2.5, "{norm2}");
+        assert_eq!(
+            v,
+            hashed_ngrams("the QUICK brown   fox jumps over the lazy dog. The dog sleeps.", &cfg)
+        );
+        assert!(hashed_ngrams("", &cfg).iter().all(|e| e.1.is_finite()));
+    }
+}
