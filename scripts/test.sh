@@ -16,6 +16,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 if [ -z "${QUICK:-}" ]; then
   have redis-server || need_apt+=(redis-server)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
   have prometheus || need_apt+=(prometheus)
   have promtool || need_apt+=(prometheus)
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)

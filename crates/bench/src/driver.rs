@@ -150,7 +150,9 @@ async fn closed_loop<E: Exec>(
             Some(r) => Duration::try_from_secs_f64(f64::from(user) / r).unwrap_or(Duration::MAX),
             None => Duration::ZERO,
         };
-        let spawn_at = start.checked_add(offset).unwrap_or(start);
+        let Some(spawn_at) = start.checked_add(offset) else {
+            break;
+        };
         if deadline.is_some_and(|d| spawn_at >= d) {
             break;
         }
@@ -228,7 +230,7 @@ async fn open_loop<E: Exec>(
         max_lag = max_lag.max(Instant::now().saturating_duration_since(intended));
         let (exec, shared) = (exec.clone(), shared.clone());
         set.spawn(async move {
-            run_one(&*exec, &shared, seq, Instant::now()).await;
+            run_one(&*exec, &shared, seq, intended).await;
             drop(permit);
         });
         while set.try_join_next().is_some() {}

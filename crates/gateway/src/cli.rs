@@ -38,6 +38,8 @@ pub enum Command {
     },
     /// Load generator: drive any OpenAI-compatible endpoint and report latency, throughput, cost.
     Bench(optiroute_bench::BenchArgs),
+    /// Manage virtual API keys directly in the key store (create, list, update, revoke).
+    Keys(crate::auth::KeysArgs),
     /// Routing research: evaluate, score and train complexity routers.
     #[command(subcommand)]
     Router(optiroute_router::RouterCommand),

@@ -20,6 +20,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub resilience: ResilienceConfig,
     pub cache: CacheConfig,
+    pub auth: AuthConfig,
+    pub store: StoreConfig,
     /// Set when the config was made up because nothing was configured.
     #[serde(skip)]
     pub demo: bool,
@@ -40,6 +42,12 @@ pub struct ServerConfig {
     pub log_prompts: bool,
     /// Most messages one request may carry.
     pub max_messages: usize,
+    /// Origins allowed by CORS (`["*"]` for any); empty (the default) sends no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Most client connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest a client may pause while sending a request body, seconds (then 408).
+    pub client_body_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +60,9 @@ impl Default for ServerConfig {
             log_format: "text".into(),
             log_prompts: false,
             max_messages: 2048,
+            cors_origins: Vec::new(),
+            max_connections: 10_000,
+            client_body_timeout_secs: 30,
         }
     }
 }
@@ -202,6 +213,13 @@ pub struct DeploymentConfig {
     /// Anthropic: `max_tokens` when the client sends none.
     #[serde(default)]
     pub default_max_tokens: Option<u32>,
+    /// Requests per minute the gateway sends this deployment at most (a provider quota); at the limit
+    /// the deployment is skipped like one with an open breaker.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens (input + output) per minute sent to this deployment at most.
+    #[serde(default)]
+    pub tpm: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -368,6 +386,43 @@ impl Default for CacheConfig {
     }
 }
 
+/// Gateway keys. Auth is on when a master key is configured (or `enabled = true`); off otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Force auth on or off; unset: on exactly when a master key is found.
+    pub enabled: Option<bool>,
+    /// Environment variable holding the master key.
+    pub master_key_env: Option<String>,
+    /// The master key itself, or `env:NAME` (prefer `master_key_env`: keep secrets out of files).
+    pub master_key: Option<String>,
+    /// How long a key lookup is cached; bounds how late a revocation made elsewhere takes effect.
+    pub key_cache_ttl_ms: u64,
+    /// Require the master key for `/metrics` and `/api/stats` too.
+    pub protect_metrics: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: None,
+            master_key_env: Some("OPTIROUTE_MASTER_KEY".into()),
+            master_key: None,
+            key_cache_ttl_ms: 5_000,
+            protect_metrics: false,
+        }
+    }
+}
+
+/// Where keys and spend are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (default `sqlite://optiroute.db` in the working directory), `postgres://...`,
+    /// or `env:NAME` to read the URL from the environment.
+    pub database_url: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -395,8 +450,13 @@ impl Config {
 
     /// The config used when no file is given: providers whose keys are in the environment, or demo mode.
     pub fn from_env() -> Config {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::from_env`] over any variable lookup (tests pass a map).
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Config {
         let mut cfg = Config::default();
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let env = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
         let mut tiers_local = Vec::new();
         let mut tiers_cloud = Vec::new();
         let mut add = |cfg: &mut Config, p: ProviderConfig, d: DeploymentConfig| {
@@ -506,6 +566,8 @@ impl Config {
             p.simulated.tokens_per_s = 0.0;
         }
         cfg.server.port = 0;
+        // Tests turn auth on explicitly, never from the developer's environment.
+        cfg.auth.master_key_env = None;
         cfg
     }
 
@@ -682,6 +744,40 @@ impl Config {
         if self.server.body_limit_bytes < 1024 {
             return Err(bad("server.body_limit_bytes".into(), "must be at least 1024".into()));
         }
+        if self.server.max_connections == 0 {
+            return Err(bad("server.max_connections".into(), "must be at least 1".into()));
+        }
+        if self.server.client_body_timeout_secs == 0 {
+            return Err(bad(
+                "server.client_body_timeout_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (i, d) in self.deployments.iter().enumerate() {
+            if d.rpm == Some(0) || d.tpm == Some(0) {
+                return Err(bad(
+                    format!("deployments[{i}].rpm/tpm"),
+                    "must be at least 1 (omit it for no limit)".into(),
+                ));
+            }
+        }
+        if self.auth.key_cache_ttl_ms > 3_600_000 {
+            return Err(bad(
+                "auth.key_cache_ttl_ms".into(),
+                "must be at most 3600000 (one hour)".into(),
+            ));
+        }
+        if let Some(u) = &self.store.database_url {
+            let ok = ["postgres://", "postgresql://", "sqlite:", "env:"]
+                .iter()
+                .any(|p| u.starts_with(p));
+            if !ok {
+                return Err(bad(
+                    "store.database_url".into(),
+                    "must start with postgres://, postgresql://, sqlite: or env:".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -701,6 +797,14 @@ impl Config {
         }
         if let Some(u) = &c.cache.redis_url {
             c.cache.redis_url = Some(mask_url_credentials(u));
+        }
+        if let Some(k) = &c.auth.master_key
+            && !k.starts_with("env:")
+        {
+            c.auth.master_key = Some("****".into());
+        }
+        if let Some(u) = &c.store.database_url {
+            c.store.database_url = Some(mask_url_credentials(u));
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -769,6 +873,8 @@ impl DeploymentConfig {
             supports_vision: true,
             weight: 1,
             default_max_tokens: None,
+            rpm: None,
+            tpm: None,
         }
     }
 }
@@ -782,6 +888,28 @@ mod tests {
     fn demo_and_test_default_are_valid() {
         Config::demo(None).validate("demo").unwrap();
         Config::test_default().validate("test").unwrap();
+    }
+
+    #[test]
+    fn environment_keys_enable_providers_instead_of_demo_mode() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        };
+        assert!(Config::from_vars(vars(&[])).demo);
+        assert!(
+            Config::from_vars(vars(&[("OPENAI_API_KEY", "  ")])).demo,
+            "blank keys do not count"
+        );
+        let c = Config::from_vars(vars(&[("OPENAI_API_KEY", "sk-x"), ("OLLAMA_HOST", "127.0.0.1:11434")]));
+        assert!(!c.demo);
+        c.validate("env").unwrap();
+        let names: Vec<&str> = c.deployments.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["local", "gpt-4o-mini"]);
+        assert_eq!(c.providers[0].base_url.as_deref(), Some("http://127.0.0.1:11434/v1"));
+        assert_eq!(c.providers[1].api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+        assert!(!c.to_masked_toml().contains("sk-x"));
+        let a = Config::from_vars(vars(&[("ANTHROPIC_API_KEY", "k")]));
+        assert_eq!(a.providers[0].kind, ProviderKind::Anthropic);
     }
 
     #[test]
@@ -813,7 +941,13 @@ mod tests {
         let mut c = Config::test_default();
         c.providers[0].headers.insert("x-key".into(), "sk-secret".into());
         c.cache.redis_url = Some("redis://:pw123@localhost".into());
+        c.auth.master_key = Some("sk-master-0123456789".into());
+        c.store.database_url = Some("postgres://u:dbpw42@h/db".into());
         let out = c.to_masked_toml();
         assert!(!out.contains("sk-secret") && !out.contains("pw123"), "{out}");
+        assert!(
+            !out.contains("sk-master-0123456789") && !out.contains("dbpw42"),
+            "{out}"
+        );
     }
 }

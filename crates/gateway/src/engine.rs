@@ -35,6 +35,8 @@ pub struct RequestCtx {
     pub no_store: bool,
     /// Tenant (API key id) for cache isolation; empty without auth.
     pub tenant: String,
+    /// The caller's virtual key (limits, allowed models); `None` without auth or for the master key.
+    pub key: Option<Arc<crate::store::KeyRecord>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -350,6 +352,15 @@ fn account(st: &AppState, dep_idx: usize, plan: &Plan, usage: Usage, estimated: 
     (cost, saved)
 }
 
+/// Prompt tokens for a usage estimate: the router's count if it was exact, else the tokenizer's.
+fn exact_prompt_tokens(plan: &Plan, req: &ChatRequest) -> u64 {
+    if plan.prompt_tokens_exact {
+        plan.prompt_tokens
+    } else {
+        optiroute_protocol::usage::estimate_prompt_tokens(req)
+    }
+}
+
 fn outcome_metric(st: &AppState, dep_idx: usize, outcome: &'static str) {
     let d = &st.deployments[dep_idx];
     st.metrics
@@ -373,6 +384,7 @@ pub async fn complete(
     ctx: &RequestCtx,
 ) -> Result<(ChatCompletion, Meta), ApiError> {
     let started = Instant::now();
+    crate::auth::check_model(st, ctx, &req.model)?;
     let plan = st.router.plan(st, req, ctx.forced_tier.as_deref())?;
     let cp = cache_plan(st, req, &plan, ctx);
     if let Some(hit) = lookup(st, &cp).await {
@@ -420,12 +432,16 @@ pub async fn complete(
         Some(u) => (u, false),
         None => {
             let text: String = completion.choices.first().map(|c| c.message.text()).unwrap_or_default();
-            let u = Usage::new(plan.prompt_tokens, optiroute_protocol::usage::count_text(&text));
+            let u = Usage::new(
+                exact_prompt_tokens(&plan, req),
+                optiroute_protocol::usage::count_text(&text),
+            );
             completion.usage = Some(u);
             (u, true)
         }
     };
     let (cost, saved) = account(st, served.dep, &plan, usage, estimated);
+    st.limits.settle(&ctx.tenant, served.dep, cost, usage.total_tokens);
     let meta = Meta {
         provider: d.provider_name.clone(),
         model: completion.model.clone(),
@@ -480,6 +496,7 @@ pub struct StreamReply {
 
 pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Result<StreamReply, ApiError> {
     let started = Instant::now();
+    crate::auth::check_model(st, ctx, &req.model)?;
     let plan = st.router.plan(st, &req, ctx.forced_tier.as_deref())?;
     let cp = cache_plan(st, &req, &plan, ctx);
     let include_usage = req.include_usage();
@@ -567,8 +584,12 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
     };
     let (held, rest) = served.value;
     d.in_flight.fetch_add(1, Relaxed);
+    // The handler's gauge ends with the response head; a live stream counts until its last byte.
+    st.metrics.in_flight.inc();
     let live = LiveStream {
         st: st.clone(),
+        req,
+        tenant: ctx.tenant.clone(),
         plan,
         cp,
         leader,
@@ -628,6 +649,10 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
 /// State of a live stream being forwarded. Its `Drop` settles a stream the client abandoned.
 struct LiveStream {
     st: SharedState,
+    /// Kept for a usage estimate if the upstream reports none.
+    req: ChatRequest,
+    /// Whose spend and limits this stream's cost counts against.
+    tenant: String,
     plan: Plan,
     cp: CachePlan,
     leader: Option<OwnedLeader>,
@@ -685,7 +710,7 @@ impl LiveStream {
             Some(u) => (u, false),
             None => (
                 Usage::new(
-                    self.plan.prompt_tokens,
+                    exact_prompt_tokens(&self.plan, &self.req),
                     optiroute_protocol::usage::count_text(self.acc.text()),
                 ),
                 true,
@@ -709,6 +734,7 @@ impl LiveStream {
         outcome_metric(&st, self.dep, "success");
         let (usage, estimated) = self.usage();
         let (cost, saved) = account(&st, self.dep, &self.plan, usage, estimated);
+        st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         self.meta.cost_usd = cost;
         self.meta.saved_usd = saved;
         self.meta.saved_by = (saved.0 > 0).then_some("routing");
@@ -752,6 +778,7 @@ impl LiveStream {
             }
         }
         d.in_flight.fetch_sub(1, Relaxed);
+        st.metrics.in_flight.dec();
     }
 
     fn on_error(&mut self, e: &UpstreamError, out: &mut Vec<Bytes>) {
@@ -770,6 +797,7 @@ impl LiveStream {
         // What was generated before the failure was still paid for.
         let (usage, _) = self.usage();
         let (cost, _) = account(&st, self.dep, &self.plan, usage, true);
+        st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, false);
         tracing::warn!(deployment = %d.name, error = %e, "stream failed after its first byte; not retried");
@@ -778,6 +806,7 @@ impl LiveStream {
             out.push(sse::encode_data(&json));
         }
         d.in_flight.fetch_sub(1, Relaxed);
+        st.metrics.in_flight.dec();
     }
 }
 
@@ -796,9 +825,12 @@ impl Drop for LiveStream {
         outcome_metric(&st, self.dep, "cancelled");
         let (usage, _) = self.usage();
         let (cost, _) = account(&st, self.dep, &self.plan, usage, true);
+        st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
+        // A cancellation is the client's choice, not an error.
         st.ledger
-            .record_request(self.started.elapsed().as_micros() as u64, cost, false);
+            .record_request(self.started.elapsed().as_micros() as u64, cost, true);
         d.in_flight.fetch_sub(1, Relaxed);
+        st.metrics.in_flight.dec();
         tracing::info!(deployment = %d.name, "client disconnected mid-stream; upstream request cancelled");
     }
 }

@@ -1,5 +1,6 @@
 //! OptiRoute: a cost-aware, resilient LLM gateway. See the README for the tour.
 
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -7,10 +8,12 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod ledger;
+pub mod limits;
 pub mod mock;
 pub mod providers;
 pub mod resilience;
 pub mod routing;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod telemetry;

@@ -99,6 +99,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = report;
             Ok(())
         }
+        Command::Keys(args) => {
+            print!("{}", optiroute::auth::run_cli(args).await?);
+            Ok(())
+        }
         Command::Router(cmd) => tokio::task::spawn_blocking(move || optiroute_router::run(cmd)).await?,
     }
 }

@@ -30,10 +30,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let grace = crate::http::grace(&state);
+    let limits = state.limits.clone();
+    let max_connections = state.cfg.server.max_connections;
     let app = crate::http::app(state);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let listener = crate::limits::ConnLimit::new(listener, max_connections);
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
@@ -51,6 +54,8 @@ pub async fn run(
         r = server => r.map_err(|e| anyhow::anyhow!("server error: {e}"))?,
         () = drain_deadline => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections"),
     }
+    // Spend settled by the last requests reaches the key store before the process exits.
+    limits.flush().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -81,7 +86,7 @@ fn banner(st: &SharedState, addr: SocketAddr) {
         ));
     }
     out.push_str(&format!(
-        "\n  routing: `auto` uses the {} scorer over tiers [{}]\n  cache: {}\n  auth: off (no keys configured)\n",
+        "\n  routing: `auto` uses the {} scorer over tiers [{}]\n  cache: {}\n  auth: {}\n",
         st.router.scorer_name(),
         cfg.routing.tiers.join(", "),
         if st.cache.enabled {
@@ -89,6 +94,7 @@ fn banner(st: &SharedState, addr: SocketAddr) {
         } else {
             "off"
         },
+        st.auth.describe(),
     ));
     out.push_str(&format!(
         "\n  API:     http://{addr}/v1  (chat/completions, models)\n  Chat UI: http://{addr}/\n  Metrics: http://{addr}/metrics\n"

@@ -64,6 +64,10 @@ pub struct AppState {
     pub ledger: Ledger,
     pub metrics: Metrics,
     pub coalescer: crate::engine::Coalescer,
+    /// Gateway keys (master and virtual) and the key store; off in demo mode.
+    pub auth: crate::auth::Auth,
+    /// Per-key and per-deployment rate limits, concurrency and budgets.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -127,6 +131,11 @@ impl AppState {
         let router = Router::new(&cfg, &deployments)?;
         let cache = Cache::new(&cfg.cache).await?;
         let ledger = Ledger::new(&cfg, &deployments);
+        let auth = crate::auth::Auth::from_config(&cfg).await?;
+        let limits = crate::limits::Limits::new(
+            cfg.deployments.iter().map(|d| (d.rpm, d.tpm)).collect(),
+            auth.store.clone(),
+        );
         Ok(Arc::new(AppState {
             cfg,
             deployments,
@@ -138,6 +147,8 @@ impl AppState {
             ledger,
             metrics,
             coalescer: crate::engine::Coalescer::default(),
+            auth,
+            limits,
         }))
     }
 

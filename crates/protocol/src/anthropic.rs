@@ -789,6 +789,12 @@ impl StreamTranslator {
             }
             "message_stop" => {
                 self.finished = true;
+                // Like OpenAI with `include_usage`: a closing chunk with no choices and the usage.
+                if let Some(u) = self.usage() {
+                    let mut c = ChatChunk::new(&self.id, self.created, &self.model);
+                    c.usage = Some(u);
+                    out.push(c);
+                }
                 return Ok(true);
             }
             "error" => return Err(upstream_error(&v)),
@@ -1384,6 +1390,9 @@ data: {\"type\": \"message_stop\"}\n\
                 chunk(json!({"content": "Hello"}), Value::Null),
                 chunk(json!({"content": "!"}), Value::Null),
                 chunk(json!({}), json!("stop")),
+                json!({"id": "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY", "object": "chat.completion.chunk",
+                       "created": 1_700_000_000, "model": "claude", "choices": [],
+                       "usage": {"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}}),
             ])
         );
         assert_eq!(t.usage(), Some(Usage::new(25, 15)));
@@ -1480,6 +1489,9 @@ data: {\"type\":\"message_stop\"}\n\n";
                     Value::Null
                 ),
                 c(json!({}), json!("tool_calls")),
+                json!({"id": "msg_014p7gG3wDgGV9EUtLvnow3U", "object": "chat.completion.chunk",
+                       "created": 1_700_000_000, "model": "claude", "choices": [],
+                       "usage": {"prompt_tokens": 480, "completion_tokens": 89, "total_tokens": 569}}),
             ])
         );
         assert_eq!(t.usage(), Some(Usage::new(480, 89)));

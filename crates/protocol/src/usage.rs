@@ -43,6 +43,20 @@ pub fn estimate_prompt_tokens(req: &ChatRequest) -> u64 {
     total
 }
 
+/// A cheap token estimate (about four bytes per token), for decisions that do not need exact counts.
+pub fn approx_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+/// [`estimate_prompt_tokens`] without the tokenizer: framing plus [`approx_tokens`] of each message.
+pub fn approx_prompt_tokens(req: &ChatRequest) -> u64 {
+    3 + req
+        .messages
+        .iter()
+        .map(|m| 4 + (m.text_len() as u64).div_ceil(4))
+        .sum::<u64>()
+}
+
 /// Usage for a request and its completion text, estimated with the tokenizer.
 pub fn estimate_usage(req: &ChatRequest, completion_text: &str) -> Usage {
     Usage::new(estimate_prompt_tokens(req), count_text(completion_text))
@@ -61,6 +75,14 @@ mod tests {
         let short = count_text("The quick brown fox");
         let long = count_text("The quick brown fox jumps over the lazy dog, twice, slowly.");
         assert!(short >= 4 && long > short);
+    }
+
+    #[test]
+    fn approximation_is_close_for_english() {
+        let text = "The quick brown fox jumps over the lazy dog while the cat watches from the window.";
+        let exact = count_text(text) as f64;
+        let approx = approx_tokens(text) as f64;
+        assert!((approx / exact - 1.0).abs() < 0.5, "{approx} vs {exact}");
     }
 
     #[test]

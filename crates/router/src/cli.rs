@@ -36,9 +36,11 @@ impl RouterName {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetArg {
+    TwoHeads,
     Gain,
     StrongNeeded,
     WeakWrong,
+    StrongCorrect,
 }
 
 /// Learned-model training settings.
@@ -51,10 +53,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2.5)]
     pub l2: f64,
     /// L2 multiplier for the dense features.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 100.0)]
     pub dense_l2_mult: f64,
     /// What the model predicts.
-    #[arg(long, value_enum, default_value_t = TargetArg::Gain)]
+    #[arg(long, value_enum, default_value_t = TargetArg::TwoHeads)]
     pub target: TargetArg,
     /// L-BFGS iterations.
     #[arg(long, default_value_t = 150)]
@@ -94,9 +96,11 @@ impl TrainArgs {
             dense_l2_mult: self.dense_l2_mult,
             max_iters: self.iters,
             target: match self.target {
+                TargetArg::TwoHeads => Target::TwoHeads,
                 TargetArg::Gain => Target::Gain,
                 TargetArg::StrongNeeded => Target::StrongNeeded,
                 TargetArg::WeakWrong => Target::WeakWrong,
+                TargetArg::StrongCorrect => Target::StrongCorrect,
             },
             dense: !self.no_dense,
             group_smooth: self.group_smooth,
@@ -129,6 +133,9 @@ pub enum RouterCommand {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Write the evaluated scores (out-of-fold with --cv) as JSONL: prompt, score, strong, weak.
+        #[arg(long)]
+        scores_out: Option<PathBuf>,
         /// Seed for the fold split and the random router.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -197,6 +204,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             weights,
             plot,
             json,
+            scores_out,
             seed,
             threads,
             train_args,
@@ -242,6 +250,17 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                 &rows,
                 &scores,
             )?;
+            if let Some(path) = scores_out {
+                let mut w = std::io::BufWriter::new(
+                    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+                );
+                for (r, s) in rows.iter().zip(&scores) {
+                    let o = r.outcome.unwrap_or(crate::metrics::Outcome { strong: 0.0, weak: 0.0 });
+                    let line = serde_json::json!({"prompt": r.prompt, "score": s, "strong": o.strong, "weak": o.weak});
+                    writeln!(w, "{line}")?;
+                }
+                w.flush()?;
+            }
             if let Some(path) = plot {
                 let heuristic = if router != RouterName::Heuristic {
                     let h = eval::score_rows(&HeuristicScorer::default(), &rows);
@@ -343,7 +362,7 @@ pub fn table(r: &EvalReport) -> String {
     ] {
         if let Some(m) = m {
             s += &format!(
-                "  vs {name}: min PGR margin {:+.4} at {:.1}% -> {} below 90%\n",
+                "  vs {name}: min PGR margin {:+.4} at {:.0}% -> {} at budgets 1-89%\n",
                 m.min_margin,
                 m.at_share * 100.0,
                 if m.beats_below_90 {

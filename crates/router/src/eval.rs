@@ -9,30 +9,34 @@ use crate::scorer::{HeuristicScorer, LengthRule, RandomScorer, Scorer};
 use serde::Serialize;
 use std::collections::HashMap;
 
-/// Training examples from rows with outcomes, labelled for `cfg.target`.
+/// Training examples from rows with outcomes, labelled for `cfg.target`. With group smoothing, each
+/// row's outcomes are first pulled toward the mean outcomes of its group (`subject`/`category`).
 pub fn examples(rows: &[Row], cfg: &TrainConfig) -> Vec<Example> {
-    let a = cfg.group_smooth.clamp(0.0, 1.0);
-    let mut group_mean: HashMap<&str, (f64, usize)> = HashMap::new();
+    let a = cfg.group_smooth.clamp(0.0, 1.0) as f64;
+    let mut group_mean: HashMap<&str, (f64, f64, usize)> = HashMap::new();
     if a > 0.0 {
         for r in rows {
             if let (Some(g), Some(o)) = (r.group.as_deref(), r.outcome) {
-                let e = group_mean.entry(g).or_insert((0.0, 0));
-                e.0 += cfg.target.label(o.strong, o.weak) as f64;
-                e.1 += 1;
+                let e = group_mean.entry(g).or_insert((0.0, 0.0, 0));
+                e.0 += o.strong;
+                e.1 += o.weak;
+                e.2 += 1;
             }
         }
     }
     rows.iter()
         .filter_map(|r| {
             r.outcome.map(|o| {
-                let own = cfg.target.label(o.strong, o.weak);
-                let label = match r.group.as_deref().and_then(|g| group_mean.get(g)) {
-                    Some(&(sum, n)) if a > 0.0 => (1.0 - a) * own + a * (sum / n as f64) as f32,
-                    _ => own,
+                let (s, w) = match r.group.as_deref().and_then(|g| group_mean.get(g)) {
+                    Some(&(gs, gw, n)) if a > 0.0 => (
+                        (1.0 - a) * o.strong + a * gs / n as f64,
+                        (1.0 - a) * o.weak + a * gw / n as f64,
+                    ),
+                    _ => (o.strong, o.weak),
                 };
                 Example {
                     conv: r.conv.clone(),
-                    label,
+                    labels: cfg.target.labels(s, w),
                     weight: 1.0,
                 }
             })
@@ -121,22 +125,28 @@ pub fn cross_val_scores(
     Ok((scores, fold_of))
 }
 
-/// Margin of a curve over a baseline at shares in (0, 0.9).
+/// Margin of a curve over a baseline at strong-call budgets of 1%, 2%, ..., 89%.
 #[derive(Clone, Debug, Serialize)]
 pub struct Margin {
-    /// Smallest PGR(router) - PGR(baseline) over strong shares in (0, 0.9).
+    /// Smallest PGR(router) - PGR(baseline) over the budgets 1%..89% (1% steps).
     pub min_margin: f64,
     pub at_share: f64,
-    /// `min_margin > 0`: better at every share below 90%.
+    /// `min_margin > 0`: better at every budget below 90%.
     pub beats_below_90: bool,
 }
 
 fn margin(curve: &Curve, base: &Curve) -> Option<Margin> {
-    curve.min_margin_over(base, 0.0, 0.9).map(|(s, m)| Margin {
-        min_margin: m,
-        at_share: s,
-        beats_below_90: m > 0.0,
-    })
+    (1..90)
+        .map(|p| {
+            let s = p as f64 / 100.0;
+            (s, curve.pgr_at(s) - base.pgr_at(s))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(s, m)| Margin {
+            min_margin: m,
+            at_share: s,
+            beats_below_90: m > 0.0,
+        })
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -34,24 +34,36 @@ pub enum TrainError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
-    /// Soft label `(1 + s - w) / 2`: the score then estimates half of one plus the strong model's
-    /// expected quality gain, which orders prompts by expected gain (what the PGR curve rewards).
+    /// Two logistic heads, `P(strong correct)` and `P(weak wrong)`; the score is their mean,
+    /// `(1 + P(s) - P(w)) / 2`, which orders prompts by the strong model's expected quality gain.
     #[default]
+    TwoHeads,
+    /// One head on the soft label `(1 + s - w) / 2` (same meaning as `TwoHeads`, fitted directly).
     Gain,
     /// Label `max(s - w, 0)`: the probability that only the strong model gets it right.
     StrongNeeded,
     /// Label `1 - w`: the probability that the weak model fails.
     WeakWrong,
+    /// Label `s`: the probability that the strong model succeeds.
+    StrongCorrect,
 }
 
 impl Target {
-    pub fn label(self, strong: f64, weak: f64) -> f32 {
+    /// The soft label of each head for outcomes `strong`, `weak`.
+    pub fn labels(self, strong: f64, weak: f64) -> Vec<f32> {
         let (s, w) = (strong.clamp(0.0, 1.0), weak.clamp(0.0, 1.0));
-        (match self {
-            Target::Gain => (1.0 + s - w) / 2.0,
-            Target::StrongNeeded => (s - w).max(0.0),
-            Target::WeakWrong => 1.0 - w,
-        }) as f32
+        let v = match self {
+            Target::TwoHeads => vec![s, 1.0 - w],
+            Target::Gain => vec![(1.0 + s - w) / 2.0],
+            Target::StrongNeeded => vec![(s - w).max(0.0)],
+            Target::WeakWrong => vec![1.0 - w],
+            Target::StrongCorrect => vec![s],
+        };
+        v.into_iter().map(|x| x as f32).collect()
+    }
+
+    pub fn heads(self) -> usize {
+        if self == Target::TwoHeads { 2 } else { 1 }
     }
 }
 
@@ -62,7 +74,8 @@ pub struct TrainConfig {
     /// L2 penalty on all weights but the bias, relative to the summed loss: the objective is
     /// `sum_i loss_i + l2 / 2 * |w|^2`, so the same value suits small and large training sets.
     pub l2: f64,
-    /// Extra L2 multiplier for the dense features (they are few and standardised).
+    /// Extra L2 multiplier for the dense features. They are few and standardised, but on the
+    /// benchmark files they overfit unless shrunk hard (cross-validation picked 100).
     pub dense_l2_mult: f64,
     pub max_iters: usize,
     pub target: Target,
@@ -79,36 +92,52 @@ impl Default for TrainConfig {
         TrainConfig {
             hash: HashConfig::default(),
             l2: 2.5,
-            dense_l2_mult: 1.0,
+            dense_l2_mult: 100.0,
             max_iters: 150,
-            target: Target::Gain,
+            target: Target::TwoHeads,
             dense: true,
             group_smooth: 0.5,
         }
     }
 }
 
-/// One training example: a conversation and its soft label in [0, 1].
+/// One training example: a conversation and one soft label in [0, 1] per head
+/// (see [`Target::labels`]).
 #[derive(Clone, Debug)]
 pub struct Example {
     pub conv: Conversation,
-    pub label: f32,
+    pub labels: Vec<f32>,
     pub weight: f32,
 }
 
-/// A trained logistic-regression scorer.
+/// One logistic head over the shared features.
 #[derive(Clone, Debug, PartialEq)]
-pub struct LearnedScorer {
-    hash: HashConfig,
-    target: Target,
+struct Head {
     bias: f32,
-    dense_mean: Vec<f32>,
-    dense_std: Vec<f32>,
     dense_w: Vec<f32>,
     /// One weight per hash bucket, already quantised (`q * hashed_scale`).
     hashed_w: Vec<f32>,
     hashed_scale: f32,
+}
+
+/// A trained logistic-regression scorer (one or two heads over shared features).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LearnedScorer {
+    hash: HashConfig,
+    target: Target,
+    dense_mean: Vec<f32>,
+    dense_std: Vec<f32>,
+    heads: Vec<Head>,
     meta: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeadFile {
+    bias: f32,
+    dense_w: Vec<f32>,
+    /// Hashed weights quantised to i16 (little endian), base64.
+    hashed_scale: f32,
+    hashed_q16_b64: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -117,14 +146,10 @@ struct WeightsFile {
     version: u32,
     target: Target,
     hash: HashConfig,
-    bias: f32,
     dense_names: Vec<String>,
     dense_mean: Vec<f32>,
     dense_std: Vec<f32>,
-    dense_w: Vec<f32>,
-    /// Hashed weights quantised to i16 (little endian), base64.
-    hashed_scale: f32,
-    hashed_q16_b64: String,
+    heads: Vec<HeadFile>,
     #[serde(default)]
     meta: serde_json::Value,
 }
@@ -144,61 +169,80 @@ impl LearnedScorer {
         if f.dense_names.iter().map(String::as_str).ne(DENSE_NAMES.iter().copied())
             || f.dense_mean.len() != d
             || f.dense_std.len() != d
-            || f.dense_w.len() != d
         {
             return Err(WeightsError::Invalid("dense features do not match this build".into()));
         }
         if !(1..=24).contains(&f.hash.bits) {
             return Err(WeightsError::Invalid(format!("hash bits {}", f.hash.bits)));
         }
-        let bytes = base64_decode(&f.hashed_q16_b64)
-            .ok_or_else(|| WeightsError::Invalid("hashed weights are not base64".into()))?;
-        let dim = 1usize << f.hash.bits;
-        if bytes.len() != dim * 2 {
+        if f.heads.len() != f.target.heads() {
             return Err(WeightsError::Invalid(format!(
-                "{} bytes of hashed weights for {dim} buckets",
-                bytes.len()
+                "{} heads for target {:?}",
+                f.heads.len(),
+                f.target
             )));
         }
-        let hashed_w = bytes
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 * f.hashed_scale)
-            .collect();
+        let dim = 1usize << f.hash.bits;
+        let mut heads = Vec::with_capacity(f.heads.len());
+        for h in f.heads {
+            if h.dense_w.len() != d {
+                return Err(WeightsError::Invalid("dense weights do not match this build".into()));
+            }
+            let bytes = base64_decode(&h.hashed_q16_b64)
+                .ok_or_else(|| WeightsError::Invalid("hashed weights are not base64".into()))?;
+            if bytes.len() != dim * 2 {
+                return Err(WeightsError::Invalid(format!(
+                    "{} bytes of hashed weights for {dim} buckets",
+                    bytes.len()
+                )));
+            }
+            let hashed_w = bytes
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 * h.hashed_scale)
+                .collect();
+            heads.push(Head {
+                bias: h.bias,
+                dense_w: h.dense_w,
+                hashed_w,
+                hashed_scale: h.hashed_scale,
+            });
+        }
         Ok(LearnedScorer {
             hash: f.hash,
             target: f.target,
-            bias: f.bias,
             dense_mean: f.dense_mean,
             dense_std: f.dense_std,
-            dense_w: f.dense_w,
-            hashed_w,
-            hashed_scale: f.hashed_scale,
+            heads,
             meta: f.meta,
         })
     }
 
     pub fn to_json(&self) -> Result<String, WeightsError> {
-        let mut bytes = Vec::with_capacity(self.hashed_w.len() * 2);
-        for &w in &self.hashed_w {
-            let q = if self.hashed_scale > 0.0 {
-                (w / self.hashed_scale).round().clamp(-32767.0, 32767.0) as i16
-            } else {
-                0
-            };
-            bytes.extend_from_slice(&q.to_le_bytes());
-        }
+        let heads = self
+            .heads
+            .iter()
+            .map(|h| {
+                let mut bytes = Vec::with_capacity(h.hashed_w.len() * 2);
+                for &w in &h.hashed_w {
+                    bytes.extend_from_slice(&quantise(w, h.hashed_scale).to_le_bytes());
+                }
+                HeadFile {
+                    bias: h.bias,
+                    dense_w: h.dense_w.clone(),
+                    hashed_scale: h.hashed_scale,
+                    hashed_q16_b64: base64_encode(&bytes),
+                }
+            })
+            .collect();
         let f = WeightsFile {
             format: FORMAT.into(),
             version: 1,
             target: self.target,
             hash: self.hash.clone(),
-            bias: self.bias,
             dense_names: DENSE_NAMES.iter().map(|s| s.to_string()).collect(),
             dense_mean: self.dense_mean.clone(),
             dense_std: self.dense_std.clone(),
-            dense_w: self.dense_w.clone(),
-            hashed_scale: self.hashed_scale,
-            hashed_q16_b64: base64_encode(&bytes),
+            heads,
             meta: self.meta.clone(),
         };
         Ok(serde_json::to_string(&f)?)
@@ -217,19 +261,29 @@ impl LearnedScorer {
         self.meta = meta;
     }
 
-    /// The logit (before the sigmoid).
-    pub fn logit(&self, conv: &Conversation) -> f32 {
+    /// The logit of each head (before the sigmoid).
+    pub fn logits(&self, conv: &Conversation) -> Vec<f32> {
         let text = conv.last_user();
         let stats = TextStats::of(text);
-        let dense = dense_features(conv, &stats);
-        let mut z = self.bias;
-        for (j, x) in dense.iter().enumerate() {
-            z += self.dense_w[j] * (x - self.dense_mean[j]) / self.dense_std[j];
-        }
-        for (b, v) in hashed_ngrams(text, &self.hash) {
-            z += self.hashed_w[b as usize] * v;
-        }
-        z
+        let dense: Vec<f32> = dense_features(conv, &stats)
+            .iter()
+            .zip(self.dense_mean.iter().zip(&self.dense_std))
+            .map(|(&x, (&m, &s))| standardise(x, m, s))
+            .collect();
+        let sparse = hashed_ngrams(text, &self.hash);
+        self.heads
+            .iter()
+            .map(|h| {
+                let mut z = h.bias;
+                for (w, x) in h.dense_w.iter().zip(&dense) {
+                    z += w * x;
+                }
+                for &(b, v) in &sparse {
+                    z += h.hashed_w[b as usize] * v;
+                }
+                z
+            })
+            .collect()
     }
 }
 
@@ -237,17 +291,38 @@ impl Scorer for LearnedScorer {
     fn name(&self) -> &str {
         "learned"
     }
+    /// The mean of the heads' probabilities: for `TwoHeads`, `(1 + P(strong ok) - P(weak ok)) / 2`.
     fn score(&self, conv: &Conversation) -> f32 {
-        let z = self.logit(conv);
-        if z.is_finite() { sigmoid(z) } else { 0.5 }
+        let logits = self.logits(conv);
+        if logits.is_empty() || logits.iter().any(|z| !z.is_finite()) {
+            return 0.5;
+        }
+        logits.iter().map(|&z| sigmoid(z)).sum::<f32>() / logits.len() as f32
     }
+}
+
+fn quantise(w: f32, scale: f32) -> i16 {
+    if scale > 0.0 {
+        (w / scale).round().clamp(-32767.0, 32767.0) as i16
+    } else {
+        0
+    }
+}
+
+/// Smallest standard deviation used to scale a dense feature (rare features stay bounded).
+const STD_FLOOR: f32 = 0.05;
+/// Standardised dense features are clipped to this many standard deviations.
+const CLIP: f32 = 4.0;
+
+fn standardise(x: f32, mean: f32, std: f32) -> f32 {
+    ((x - mean) / std.max(STD_FLOOR)).clamp(-CLIP, CLIP)
 }
 
 /// Precomputed features of one example.
 struct Row {
     sparse: Sparse,
     dense: Vec<f32>,
-    label: f64,
+    labels: Vec<f64>,
     weight: f64,
 }
 
@@ -272,7 +347,7 @@ pub fn train(examples: &[Example], cfg: &TrainConfig) -> Result<LearnedScorer, T
             Row {
                 sparse: hashed_ngrams(text, &cfg.hash),
                 dense: dense_features(&e.conv, &stats),
-                label: e.label.clamp(0.0, 1.0) as f64,
+                labels: e.labels.iter().map(|&l| l.clamp(0.0, 1.0) as f64).collect(),
                 weight: e.weight.max(0.0) as f64,
             }
         })
@@ -293,11 +368,11 @@ pub fn train(examples: &[Example], cfg: &TrainConfig) -> Result<LearnedScorer, T
             *v += r.weight * x * x;
         }
     }
-    let std: Vec<f64> = var.iter().map(|v| (v / wsum).sqrt().max(1e-3)).collect();
+    let std: Vec<f64> = var.iter().map(|v| (v / wsum).sqrt().max(STD_FLOOR as f64)).collect();
     for r in &mut rows {
         for j in 0..d {
             r.dense[j] = if cfg.dense {
-                ((r.dense[j] as f64 - mean[j]) / std[j]) as f32
+                standardise(r.dense[j], mean[j] as f32, std[j] as f32)
             } else {
                 0.0
             };
@@ -312,67 +387,74 @@ pub fn train(examples: &[Example], cfg: &TrainConfig) -> Result<LearnedScorer, T
         *v = l2_mean * cfg.dense_l2_mult;
     }
     l2[n_params - 1] = 0.0;
-    let objective = |w: &[f64], grad: &mut [f64]| -> f64 {
-        grad.iter_mut().for_each(|g| *g = 0.0);
-        let mut loss = 0.0;
-        for r in &rows {
-            let mut z = w[n_params - 1];
-            for &(b, v) in &r.sparse {
-                z += w[b as usize] * v as f64;
+    let n_heads = cfg.target.heads();
+    if rows.iter().any(|r| r.labels.len() != n_heads) {
+        return Err(TrainError::Config(format!(
+            "examples need {n_heads} labels for {:?}",
+            cfg.target
+        )));
+    }
+    let mut heads = Vec::with_capacity(n_heads);
+    for head in 0..n_heads {
+        let objective = |w: &[f64], grad: &mut [f64]| -> f64 {
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            let mut loss = 0.0;
+            for r in &rows {
+                let mut z = w[n_params - 1];
+                for &(b, v) in &r.sparse {
+                    z += w[b as usize] * v as f64;
+                }
+                for (j, &x) in r.dense.iter().enumerate() {
+                    z += w[dim_h + j] * x as f64;
+                }
+                // cross-entropy with soft label, numerically stable
+                let lse = if z > 0.0 {
+                    z + (-z).exp().ln_1p()
+                } else {
+                    z.exp().ln_1p()
+                };
+                loss += r.weight * (lse - r.labels[head] * z);
+                let p = 1.0 / (1.0 + (-z).exp());
+                let g = r.weight * (p - r.labels[head]);
+                for &(b, v) in &r.sparse {
+                    grad[b as usize] += g * v as f64;
+                }
+                for (j, &x) in r.dense.iter().enumerate() {
+                    grad[dim_h + j] += g * x as f64;
+                }
+                grad[n_params - 1] += g;
             }
-            for (j, &x) in r.dense.iter().enumerate() {
-                z += w[dim_h + j] * x as f64;
+            loss /= wsum;
+            grad.iter_mut().for_each(|g| *g /= wsum);
+            for i in 0..n_params {
+                if l2[i] > 0.0 {
+                    loss += 0.5 * l2[i] * w[i] * w[i];
+                    grad[i] += l2[i] * w[i];
+                }
             }
-            // cross-entropy with soft label, numerically stable
-            let lse = if z > 0.0 {
-                z + (-z).exp().ln_1p()
-            } else {
-                z.exp().ln_1p()
-            };
-            loss += r.weight * (lse - r.label * z);
-            let p = 1.0 / (1.0 + (-z).exp());
-            let g = r.weight * (p - r.label);
-            for &(b, v) in &r.sparse {
-                grad[b as usize] += g * v as f64;
-            }
-            for (j, &x) in r.dense.iter().enumerate() {
-                grad[dim_h + j] += g * x as f64;
-            }
-            grad[n_params - 1] += g;
-        }
-        loss /= wsum;
-        grad.iter_mut().for_each(|g| *g /= wsum);
-        for i in 0..n_params {
-            if l2[i] > 0.0 {
-                loss += 0.5 * l2[i] * w[i] * w[i];
-                grad[i] += l2[i] * w[i];
-            }
-        }
-        loss
-    };
-    let w = lbfgs(n_params, cfg.max_iters, objective);
+            loss
+        };
+        let w = lbfgs(n_params, cfg.max_iters, objective);
 
-    let max_abs = w[..dim_h].iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let scale = if max_abs > 0.0 { (max_abs / 32767.0) as f32 } else { 0.0 };
-    let hashed_w = w[..dim_h]
-        .iter()
-        .map(|&x| {
-            if scale > 0.0 {
-                (x as f32 / scale).round().clamp(-32767.0, 32767.0) * scale
-            } else {
-                0.0
-            }
-        })
-        .collect();
+        let max_abs = w[..dim_h].iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let scale = if max_abs > 0.0 { (max_abs / 32767.0) as f32 } else { 0.0 };
+        let hashed_w = w[..dim_h]
+            .iter()
+            .map(|&x| quantise(x as f32, scale) as f32 * scale)
+            .collect();
+        heads.push(Head {
+            bias: w[n_params - 1] as f32,
+            dense_w: w[dim_h..dim_h + d].iter().map(|&x| x as f32).collect(),
+            hashed_w,
+            hashed_scale: scale,
+        });
+    }
     Ok(LearnedScorer {
         hash: cfg.hash.clone(),
         target: cfg.target,
-        bias: w[n_params - 1] as f32,
         dense_mean: mean.iter().map(|&m| m as f32).collect(),
         dense_std: std.iter().map(|&s| s as f32).collect(),
-        dense_w: w[dim_h..dim_h + d].iter().map(|&x| x as f32).collect(),
-        hashed_w,
-        hashed_scale: scale,
+        heads,
         meta: serde_json::json!({ "examples": examples.len(), "config": cfg }),
     })
 }
@@ -544,9 +626,10 @@ mod tests {
                 } else {
                     format!("What is the capital of country number {i}?")
                 };
+                let y = if hard { 1.0 } else { 0.0 };
                 Example {
                     conv: Conversation::from_prompt(text),
-                    label: if hard { 1.0 } else { 0.0 },
+                    labels: vec![y, y],
                     weight: 1.0,
                 }
             })

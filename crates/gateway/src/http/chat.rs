@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::RequestId;
+use crate::auth::Principal;
 use crate::engine::{self, Meta, RequestCtx};
 use crate::error::ApiError;
 use crate::state::SharedState;
@@ -106,7 +107,8 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 /// Request options from headers: request id, forced tier, Cache-Control.
-fn ctx_from(headers: &HeaderMap, id: &RequestId) -> RequestCtx {
+fn ctx_from(headers: &HeaderMap, id: &RequestId, principal: Option<&Extension<Principal>>) -> RequestCtx {
+    let (tenant, key) = crate::auth::tenant_of(principal.map(|p| &p.0));
     let cache_control = headers
         .get(header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
@@ -122,14 +124,23 @@ fn ctx_from(headers: &HeaderMap, id: &RequestId) -> RequestCtx {
             .filter(|s| !s.is_empty()),
         no_cache: directives.contains(&"no-cache"),
         no_store: directives.contains(&"no-store"),
-        tenant: String::new(),
+        tenant,
+        key,
     }
 }
 
 /// Reads a body up to the configured limit; over it, a 413 in OpenAI's error shape.
 async fn read_body(st: &SharedState, body: Body) -> Result<bytes::Bytes, ApiError> {
     let limit = st.cfg.server.body_limit_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::limits::is_body_timeout(&e) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "the request body arrived too slowly",
+            )
+            .with_code("request_timeout");
+        }
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
@@ -178,6 +189,7 @@ fn log_line(id: &RequestId, model: &str, status: u16, started: Instant, meta: Op
 pub async fn chat_completions(
     State(st): State<SharedState>,
     Extension(id): Extension<RequestId>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -194,7 +206,7 @@ pub async fn chat_completions(
         }
     };
     drop(body);
-    let ctx = ctx_from(&headers, &id);
+    let ctx = ctx_from(&headers, &id, principal.as_ref());
     let model = req.model.clone();
     st.metrics.in_flight.inc();
     let _gauge = GaugeGuard(&st);
@@ -266,6 +278,7 @@ struct GenerateRequest {
 pub async fn generate(
     State(st): State<SharedState>,
     Extension(id): Extension<RequestId>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -296,7 +309,7 @@ pub async fn generate(
     if let Err(e) = validate(&req, st.cfg.server.max_messages) {
         return e.into_response();
     }
-    let ctx = ctx_from(&headers, &id);
+    let ctx = ctx_from(&headers, &id, principal.as_ref());
     st.metrics.in_flight.inc();
     let _gauge = GaugeGuard(&st);
     match engine::complete(&st, &req, &ctx).await {

@@ -1,5 +1,6 @@
 //! HTTP surface: router assembly and the middleware every request passes through.
 
+mod admin;
 mod chat;
 mod ops;
 
@@ -34,11 +35,54 @@ pub fn app(state: SharedState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/api/stats", get(ops::stats))
         .route("/admin/breakers", get(ops::breakers))
+        .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
+        .route(
+            "/admin/keys/{id}",
+            get(admin::get_key).patch(admin::update_key).delete(admin::revoke_key),
+        )
         .route("/", get(ops::ui_index))
         .route("/{file}", get(ops::ui_asset))
         .fallback(ops::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::guard))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_secs(
+            state.cfg.server.client_body_timeout_secs,
+        )))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(cors(&state.cfg.server.cors_origins))
         .with_state(state)
+}
+
+/// CORS: off (no headers) unless `[server] cors_origins` lists origins (`*` for any).
+fn cors(origins: &[String]) -> tower::util::Either<tower_http::cors::CorsLayer, tower::layer::util::Identity> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return tower::util::Either::Right(tower::layer::util::Identity::new());
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let layer = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::CACHE_CONTROL,
+            axum::http::HeaderName::from_static("x-optiroute-tier"),
+            axum::http::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            axum::http::HeaderName::from_static("x-request-id"),
+            axum::http::HeaderName::from_static("x-ratelimit-remaining-requests"),
+            axum::http::HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        ]);
+    tower::util::Either::Left(layer)
 }
 
 fn valid_request_id(v: &HeaderValue) -> Option<String> {
@@ -64,6 +108,7 @@ async fn observe(State(st): State<SharedState>, mut req: Request, next: Next) ->
         Some("/metrics") => "/metrics",
         Some("/api/stats") => "/api/stats",
         Some("/admin/breakers") => "/admin/breakers",
+        Some("/admin/keys") | Some("/admin/keys/{id}") => "/admin/keys",
         Some("/") | Some("/{file}") => "/ui",
         _ => "other",
     };

@@ -72,6 +72,10 @@ where
     let mut soonest_retry: Option<Duration> = None;
     for (position, &i) in plan.candidates.iter().enumerate() {
         let d = &st.deployments[i];
+        if !st.limits.deployment_admit(i) {
+            tried.push(format!("{} (at its rpm/tpm limit)", d.name));
+            continue;
+        }
         for attempt in 0..res.max_attempts {
             let (permit, t) = d.breaker.try_acquire();
             st.on_transition(d, t);

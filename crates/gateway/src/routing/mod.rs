@@ -35,8 +35,10 @@ pub struct Plan {
     /// Human-readable explanation (header, log line).
     pub explanation: String,
     pub score: Option<f32>,
-    /// Prompt tokens as counted for the context-window check (reused for usage estimates).
+    /// Prompt tokens as counted for the context-window check: exact (tokenizer) when the prompt is
+    /// long enough for a window to matter, otherwise a cheap approximation.
     pub prompt_tokens: u64,
+    pub prompt_tokens_exact: bool,
     /// What the cache key uses to name the target (the requested model, plus a forced tier).
     pub cache_scope: String,
     pub cache_ttl_secs: Option<u64>,
@@ -50,6 +52,8 @@ pub struct Router {
     /// Deployment whose price is the reference for "saved by routing".
     pub reference: Option<usize>,
     strategy_name: &'static str,
+    /// Smallest context window of any deployment: prompts far below it skip exact token counting.
+    min_window: u64,
 }
 
 impl Router {
@@ -83,7 +87,19 @@ impl Router {
             bias: r.bias.clone(),
             reference,
             strategy_name,
+            min_window: deps.iter().filter_map(|d| d.context_window).min().unwrap_or(u64::MAX),
         })
+    }
+
+    /// Prompt tokens for routing: approximate, or exact when a context window could be at stake.
+    fn prompt_tokens(&self, req: &ChatRequest) -> (u64, bool) {
+        let approx = optiroute_protocol::usage::approx_prompt_tokens(req);
+        let needed = approx + u64::from(req.output_cap().unwrap_or(0));
+        if needed.saturating_mul(2) >= self.min_window {
+            (optiroute_protocol::usage::estimate_prompt_tokens(req), true)
+        } else {
+            (approx, false)
+        }
     }
 
     pub fn scorer_name(&self) -> &'static str {
@@ -97,11 +113,14 @@ impl Router {
     }
 
     pub fn plan(&self, st: &AppState, req: &ChatRequest, forced_tier: Option<&str>) -> Result<Plan, ApiError> {
-        let prompt_tokens = optiroute_protocol::usage::estimate_prompt_tokens(req);
+        let (prompt_tokens, prompt_tokens_exact) = self.prompt_tokens(req);
         let need = Needs::of(req, prompt_tokens);
         let model = req.model.as_str();
         if model == "auto" {
-            return self.plan_auto(st, req, forced_tier, need, prompt_tokens);
+            return self.plan_auto(st, req, forced_tier, need, prompt_tokens).map(|p| Plan {
+                prompt_tokens_exact,
+                ..p
+            });
         }
         if let Some(&g) = st.group_by_name.get(model) {
             let group = &st.groups[g];
@@ -127,6 +146,7 @@ impl Router {
                 explanation: format!("model group `{}` ({})", group.name, strategy_label(group.strategy)),
                 score: None,
                 prompt_tokens,
+                prompt_tokens_exact,
                 cache_scope: format!("group:{model}"),
                 cache_ttl_secs: group.cache_ttl_secs,
             });
@@ -144,6 +164,7 @@ impl Router {
                 explanation: format!("deployment `{model}` requested directly"),
                 score: None,
                 prompt_tokens,
+                prompt_tokens_exact,
                 cache_scope: format!("deployment:{model}"),
                 cache_ttl_secs: None,
             });
@@ -245,6 +266,7 @@ impl Router {
             explanation: format!("{tier}: {explanation}"),
             score,
             prompt_tokens,
+            prompt_tokens_exact: false, // set by `plan`
             cache_scope: match forced_tier {
                 Some(t) => format!("auto:{t}"),
                 None => "auto".to_owned(),
@@ -340,7 +362,12 @@ impl Needs {
 
 /// The scorer's view of a request.
 pub fn conversation(req: &ChatRequest, prompt_tokens: u64) -> Conversation {
-    let last_user = optiroute_protocol::usage::count_text(&req.last_user_text());
+    let last_user = req
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map_or(0, |m| (m.text_len() as u64).div_ceil(4));
     Conversation::from_pairs(req.messages.iter().map(|m| (m.role.as_str(), m.text())))
         .with_max_tokens(req.output_cap())
         .with_tokens(Some(TokenCounts {

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod auth;
 mod cache;
 mod providers;
 mod proxy;

@@ -499,7 +499,7 @@ async fn anthropic_stream_is_translated_into_openai_chunks() {
 }
 
 #[tokio::test]
-#[ignore = "gateway bug: Anthropic stream usage (message_start/message_delta) is dropped and re-estimated"]
+
 async fn anthropic_stream_usage_is_the_upstreams() {
     let (mock, gw) = setup(ProviderKind::Anthropic).await;
     mock.handle.push(Behavior {
