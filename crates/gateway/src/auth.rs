@@ -327,7 +327,7 @@ pub async fn guard(State(st): State<SharedState>, mut req: Request, next: Next) 
     let Principal::Key(rec) = &principal else {
         return next.run(req).await;
     };
-    let admission = match st.limits.admit(rec) {
+    let admission = match st.limits.admit_shared(rec).await {
         Ok(a) => a,
         Err((e, headers)) => {
             let mut resp = refuse(&req, e.to_api_error());

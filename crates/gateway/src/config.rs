@@ -22,6 +22,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub store: StoreConfig,
+    /// Where per-key rate limits, concurrency and spend counters live (one replica or many).
+    pub limits: LimitsConfig,
     /// Set when the config was made up because nothing was configured.
     #[serde(skip)]
     pub demo: bool,
@@ -287,6 +289,19 @@ pub struct RoutingConfig {
     pub reference: Option<String>,
     /// Per model group bias added to the score before comparing with the threshold.
     pub bias: BTreeMap<String, f64>,
+    /// Target share of `auto` requests sent to the strongest tier. When set, the threshold is calibrated
+    /// continuously on the scores of recent traffic so that this share holds (instead of `threshold`).
+    pub strong_share: Option<f64>,
+    /// Recent requests the calibration looks at.
+    pub calibration_window: usize,
+    /// A short follow-up to an answer from the strongest tier stays on that tier.
+    pub sticky: bool,
+    /// Largest last user turn (approximate tokens) that counts as a short follow-up.
+    pub sticky_max_tokens: u64,
+    /// Cascade mode (non-streaming `auto` requests): answer on the cheap tier first and escalate to the
+    /// strongest tier when a check on the answer fails (empty, truncated, refusal, invalid JSON, no final
+    /// answer to a math question).
+    pub cascade: bool,
 }
 
 impl Default for RoutingConfig {
@@ -298,6 +313,11 @@ impl Default for RoutingConfig {
             length_threshold_chars: 60,
             reference: None,
             bias: BTreeMap::new(),
+            strong_share: None,
+            calibration_window: 2000,
+            sticky: true,
+            sticky_max_tokens: 64,
+            cascade: false,
         }
     }
 }
@@ -415,12 +435,63 @@ impl Default for AuthConfig {
 }
 
 /// Where keys and spend are kept.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sqlite://PATH` (default `sqlite://optiroute.db` in the working directory), `postgres://...`,
     /// or `env:NAME` to read the URL from the environment.
     pub database_url: Option<String>,
+    /// Write one row per finished request to the store (asynchronously, in batches). Unset: on when a
+    /// store is open (auth on, or `database_url` set).
+    pub request_log: Option<bool>,
+    /// Request-log entries waiting to be written at most; beyond it entries are dropped and counted in
+    /// `llm_request_log_dropped_total` (the request path never waits).
+    pub request_log_queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            database_url: None,
+            request_log: None,
+            request_log_queue: 10_000,
+        }
+    }
+}
+
+/// `[limits]`: per-key limits in memory (one replica) or in Redis (shared by every replica).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// `memory` (per replica) or `redis` (global across replicas).
+    pub backend: String,
+    /// Redis URL, or `env:NAME`.
+    pub redis_url: Option<String>,
+    /// When Redis fails: `local` (in-memory limits divided by `replicas`), `fail-open` (no limits) or
+    /// `fail-closed` (refuse with 503).
+    pub on_redis_error: String,
+    /// How many replicas share the limits; the `local` fallback gives each replica 1/`replicas` of a limit.
+    pub replicas: u64,
+    /// Longest a limit check may wait on Redis before the fallback applies.
+    pub redis_timeout_ms: u64,
+    /// Settled usage waiting to reach Redis at most (retried while Redis is away).
+    pub settle_queue: usize,
+    /// A concurrency slot held longer than this (a replica died holding it) is freed by Redis.
+    pub concurrency_lease_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            backend: "memory".into(),
+            redis_url: None,
+            on_redis_error: "local".into(),
+            replicas: 1,
+            redis_timeout_ms: 250,
+            settle_queue: 100_000,
+            concurrency_lease_secs: 900,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -694,6 +765,14 @@ impl Config {
                 "must be `heuristic`, `length` or `learned`".into(),
             ));
         }
+        if let Some(share) = r.strong_share
+            && !(0.0..=1.0).contains(&share)
+        {
+            return Err(bad("routing.strong_share".into(), "must be between 0 and 1".into()));
+        }
+        if r.calibration_window == 0 {
+            return Err(bad("routing.calibration_window".into(), "must be at least 1".into()));
+        }
         if !(0.0..=1.0).contains(&r.threshold) {
             return Err(bad("routing.threshold".into(), "must be between 0 and 1".into()));
         }
@@ -767,6 +846,31 @@ impl Config {
                 "must be at most 3600000 (one hour)".into(),
             ));
         }
+        let l = &self.limits;
+        if !matches!(l.backend.as_str(), "memory" | "redis") {
+            return Err(bad("limits.backend".into(), "must be `memory` or `redis`".into()));
+        }
+        if l.backend == "redis" && l.redis_url.is_none() {
+            return Err(bad(
+                "limits.redis_url".into(),
+                "required when limits.backend = \"redis\"".into(),
+            ));
+        }
+        if !matches!(l.on_redis_error.as_str(), "local" | "fail-open" | "fail-closed") {
+            return Err(bad(
+                "limits.on_redis_error".into(),
+                "must be `local`, `fail-open` or `fail-closed`".into(),
+            ));
+        }
+        if l.replicas == 0 || l.redis_timeout_ms == 0 || l.settle_queue == 0 || l.concurrency_lease_secs == 0 {
+            return Err(bad(
+                "limits".into(),
+                "replicas, redis_timeout_ms, settle_queue and concurrency_lease_secs must be at least 1".into(),
+            ));
+        }
+        if self.store.request_log_queue == 0 {
+            return Err(bad("store.request_log_queue".into(), "must be at least 1".into()));
+        }
         if let Some(u) = &self.store.database_url {
             let ok = ["postgres://", "postgresql://", "sqlite:", "env:"]
                 .iter()
@@ -805,6 +909,9 @@ impl Config {
         }
         if let Some(u) = &c.store.database_url {
             c.store.database_url = Some(mask_url_credentials(u));
+        }
+        if let Some(u) = &c.limits.redis_url {
+            c.limits.redis_url = Some(mask_url_credentials(u));
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -932,6 +1039,30 @@ mod tests {
     }
 
     #[test]
+    fn limits_config_is_validated() {
+        let mut c = Config::test_default();
+        c.limits.backend = "redis".into();
+        let e = c.validate("x").unwrap_err().to_string();
+        assert!(e.contains("limits.redis_url"), "{e}");
+        c.limits.redis_url = Some("env:REDIS_URL".into());
+        c.validate("x").unwrap();
+        c.limits.on_redis_error = "maybe".into();
+        assert!(c.validate("x").unwrap_err().to_string().contains("on_redis_error"));
+        c.limits.on_redis_error = "fail-closed".into();
+        c.limits.replicas = 0;
+        assert!(c.validate("x").is_err());
+        let parsed: Config = toml::from_str(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"redis://h\"\nreplicas = 3\n[store]\nrequest_log = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (parsed.limits.replicas, parsed.limits.on_redis_error.as_str()),
+            (3, "local")
+        );
+        assert_eq!(parsed.store.request_log, Some(false));
+    }
+
+    #[test]
     fn masking_hides_credentials() {
         assert_eq!(
             mask_url_credentials("redis://u:secret@h:6379/0"),
@@ -943,7 +1074,9 @@ mod tests {
         c.cache.redis_url = Some("redis://:pw123@localhost".into());
         c.auth.master_key = Some("sk-master-0123456789".into());
         c.store.database_url = Some("postgres://u:dbpw42@h/db".into());
+        c.limits.redis_url = Some("redis://:limitpw7@h:6379".into());
         let out = c.to_masked_toml();
+        assert!(!out.contains("limitpw7"), "{out}");
         assert!(!out.contains("sk-secret") && !out.contains("pw123"), "{out}");
         assert!(
             !out.contains("sk-master-0123456789") && !out.contains("dbpw42"),

@@ -20,7 +20,7 @@ use crate::error::{ApiError, UpstreamError};
 use crate::providers::{CallTarget, ChunkStream};
 use crate::resilience::breaker::Permit;
 use crate::resilience::retry;
-use crate::routing::Plan;
+use crate::routing::{Plan, Target};
 use crate::state::{AppState, SharedState};
 use crate::telemetry::{CacheOp, Decision, EventType, Outcome, Reason, Tokens};
 
@@ -316,11 +316,18 @@ fn record_decision(st: &AppState, plan: &Plan) {
 
 /// Usage, cost and savings of a served call; updates metrics and the ledger.
 fn account(st: &AppState, dep_idx: usize, plan: &Plan, usage: Usage, estimated: bool) -> (Nanos, Nanos) {
+    let _ = (plan, estimated);
+    account_inner(st, dep_idx, usage, true)
+}
+
+/// [`account`]; `claim_saving = false` records the cost but no saving (a cascade's discarded answer).
+fn account_inner(st: &AppState, dep_idx: usize, usage: Usage, claim_saving: bool) -> (Nanos, Nanos) {
     let d = &st.deployments[dep_idx];
-    let cost = d.price.cost(&usage, 0);
+    let cached = usage.cached_prompt_tokens();
+    let cost = d.price.cost(&usage, cached);
     let reference = st.router.reference.map(|r| &st.deployments[r]);
     let saved = match reference {
-        Some(r) if r.idx != dep_idx => r.price.cost(&usage, 0).saturating_sub(cost),
+        Some(r) if claim_saving && r.idx != dep_idx => r.price.cost(&usage, cached).saturating_sub(cost),
         _ => Nanos::ZERO,
     };
     let m = &st.metrics;
@@ -348,7 +355,6 @@ fn account(st: &AppState, dep_idx: usize, plan: &Plan, usage: Usage, estimated: 
     if let Some(t) = &d.tier {
         st.ledger.record_tier(t);
     }
-    let _ = (plan, estimated);
     (cost, saved)
 }
 
@@ -389,6 +395,7 @@ pub async fn complete(
     let cp = cache_plan(st, req, &plan, ctx);
     if let Some(hit) = lookup(st, &cp).await {
         let meta = hit_meta(st, &hit, started);
+        crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
         return Ok((hit.completion.clone(), meta));
     }
     let deadline = deadline(st);
@@ -397,6 +404,7 @@ pub async fn complete(
             Flight::Follower(rx) => {
                 if let Some(v) = follow(rx, deadline).await {
                     let meta = hit_meta(st, &v, started);
+                    crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
                     return Ok((v.completion.clone(), meta));
                 }
                 None
@@ -406,48 +414,61 @@ pub async fn complete(
         None => None,
     };
     record_decision(st, &plan);
-    let served = retry::run(st, &plan, deadline, |d| {
-        let (model, max_tokens) = (d.model.clone(), d.default_max_tokens);
-        let provider = d.provider.clone();
-        async move {
-            let target = CallTarget {
-                model: &model,
-                default_max_tokens: max_tokens,
-            };
-            provider.chat(req, &target).await
+    let mut call = call_json(st, &plan, req, deadline).await?;
+    let mut upstream = call.upstream;
+    let mut cascade_note = None;
+    let mut wasted = Nanos::ZERO;
+    if let Some((why, strong_plan)) = cascade_escalation(st, &plan, req, ctx, &call) {
+        // The cheap answer failed its check: it was paid for, but no routing saving is claimed for it.
+        let cheap_cost = account_inner(st, call.dep, call.usage, false).0;
+        st.limits
+            .settle(&ctx.tenant, call.dep, cheap_cost, call.usage.total_tokens);
+        let cheap_tier = st.deployments[call.dep].tier.clone().unwrap_or_default();
+        match call_json(st, &strong_plan, req, deadline).await {
+            Ok(strong) => {
+                upstream += strong.upstream;
+                wasted = cheap_cost;
+                cascade_note = Some(format!(
+                    "cascade: the {cheap_tier} answer failed its check ({why}); escalated"
+                ));
+                call = strong;
+            }
+            // The strong tier failed too: the cheap answer is better than an error.
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cascade escalation failed; serving the cheap answer");
+                call.already_accounted = Some(cheap_cost);
+            }
         }
-    })
-    .await?;
-    let d = &st.deployments[served.dep];
-    let upstream = served.sent_at.elapsed();
-    st.on_transition(d, d.breaker.success(served.permit));
-    d.observe_latency(upstream.as_micros() as u64);
-    st.metrics
-        .upstream_duration
-        .get_or_create(&d.labels)
-        .observe(upstream.as_secs_f64());
-    outcome_metric(st, served.dep, "success");
-    let mut completion = served.value;
-    let (usage, estimated) = match completion.usage {
-        Some(u) => (u, false),
+    }
+    let d = &st.deployments[call.dep];
+    let (usage, estimated) = (call.usage, call.estimated);
+    let mut completion = call.completion;
+    let (cost, saved) = match call.already_accounted {
+        Some(c) => (c, Nanos::ZERO),
         None => {
-            let text: String = completion.choices.first().map(|c| c.message.text()).unwrap_or_default();
-            let u = Usage::new(
-                exact_prompt_tokens(&plan, req),
-                optiroute_protocol::usage::count_text(&text),
-            );
-            completion.usage = Some(u);
-            (u, true)
+            let (c, s) = account(st, call.dep, &plan, usage, estimated);
+            st.limits.settle(&ctx.tenant, call.dep, c, usage.total_tokens);
+            (c, s)
         }
     };
-    let (cost, saved) = account(st, served.dep, &plan, usage, estimated);
-    st.limits.settle(&ctx.tenant, served.dep, cost, usage.total_tokens);
+    let cost = cost + wasted;
+    let saved = saved.saturating_sub(wasted);
+    if let Some(text) = completion.choices.first().map(|c| c.message.text()) {
+        st.router.remember_strong_answer(&plan, d.tier.as_deref(), &text);
+    }
+    let route = match cascade_note {
+        Some(note) => note,
+        None => route_reason(&plan, call.position, d),
+    };
+    if completion.usage.is_none() {
+        completion.usage = Some(usage);
+    }
     let meta = Meta {
         provider: d.provider_name.clone(),
         model: completion.model.clone(),
         deployment: d.name.clone(),
         tier: d.tier.clone(),
-        route_reason: route_reason(&plan, served.position, d),
+        route_reason: route,
         cache: cp.status(),
         cost_usd: cost,
         saved_usd: saved,
@@ -477,7 +498,119 @@ pub async fn complete(
             g.publish(entry);
         }
     }
+    crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
     Ok((completion, meta))
+}
+
+/// One served non-streaming upstream call, with its usage settled (breaker, latency, metrics).
+struct JsonCall {
+    completion: ChatCompletion,
+    dep: usize,
+    position: usize,
+    usage: Usage,
+    estimated: bool,
+    upstream: Duration,
+    /// Set when the cost was already put on the ledger (a cascade that kept the cheap answer).
+    already_accounted: Option<Nanos>,
+}
+
+async fn call_json(st: &SharedState, plan: &Plan, req: &ChatRequest, deadline: Instant) -> Result<JsonCall, ApiError> {
+    let served = retry::run(st, plan, deadline, |d| {
+        let (model, max_tokens) = (d.model.clone(), d.default_max_tokens);
+        let provider = d.provider.clone();
+        async move {
+            let target = CallTarget {
+                model: &model,
+                default_max_tokens: max_tokens,
+            };
+            provider.chat(req, &target).await
+        }
+    })
+    .await?;
+    let d = &st.deployments[served.dep];
+    let upstream = served.sent_at.elapsed();
+    st.on_transition(d, d.breaker.success(served.permit));
+    d.observe_latency(upstream.as_micros() as u64);
+    st.metrics
+        .upstream_duration
+        .get_or_create(&d.labels)
+        .observe(upstream.as_secs_f64());
+    outcome_metric(st, served.dep, "success");
+    let completion = served.value;
+    let (usage, estimated) = match completion.usage {
+        Some(u) => (u, false),
+        None => {
+            let text: String = completion.choices.first().map(|c| c.message.text()).unwrap_or_default();
+            let u = Usage::new(
+                exact_prompt_tokens(plan, req),
+                optiroute_protocol::usage::count_text(&text),
+            );
+            (u, true)
+        }
+    };
+    Ok(JsonCall {
+        completion,
+        dep: served.dep,
+        position: served.position,
+        usage,
+        estimated,
+        upstream,
+        already_accounted: None,
+    })
+}
+
+/// Cascade mode: whether a cheap-tier answer must be escalated, and the plan for the strong tier.
+fn cascade_escalation(
+    st: &AppState,
+    plan: &Plan,
+    req: &ChatRequest,
+    ctx: &RequestCtx,
+    call: &JsonCall,
+) -> Option<(String, Plan)> {
+    if !st.router.cascade || plan.target != Target::Auto || ctx.forced_tier.is_some() || plan.reason != "score_low" {
+        return None;
+    }
+    let strongest = st.router.strongest_tier()?;
+    if st.deployments[call.dep].tier.as_deref() == Some(strongest) {
+        return None;
+    }
+    let choice = call.completion.choices.first()?;
+    let opts = optiroute_router::cascade::CheckOptions {
+        math: crate::routing::looks_math(&req.last_user_text()),
+        json: req.wants_json(),
+        // A cap the client chose is not a failure of the model.
+        hit_length_limit: choice.finish_reason.as_deref() == Some("length") && req.output_cap().is_none(),
+    };
+    let why = optiroute_router::cascade::check(&choice.message.text(), opts)?;
+    let candidates: Vec<usize> = plan
+        .candidates
+        .iter()
+        .copied()
+        .filter(|&i| st.deployments[i].tier.as_deref() == Some(strongest))
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    st.metrics
+        .routing
+        .get_or_create(&Decision {
+            tier: strongest.to_owned(),
+            reason: "cascade_escalated",
+        })
+        .inc();
+    let why = serde_json::to_value(why)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Some((
+        why,
+        Plan {
+            candidates,
+            tier: Some(strongest.to_owned()),
+            reason: "cascade_escalated",
+            ..plan.clone()
+        },
+    ))
 }
 
 fn route_reason(plan: &Plan, position: usize, d: &crate::state::Deployment) -> String {
@@ -504,6 +637,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         let meta = hit_meta(st, &hit, started);
         st.ledger
             .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
+        crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
         return Ok(replay(hit, meta, include_usage));
     }
     let deadline = deadline(st);
@@ -514,6 +648,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
                     let meta = hit_meta(st, &v, started);
                     st.ledger
                         .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
+                    crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
                     return Ok(replay(v, meta, include_usage));
                 }
                 None
@@ -590,6 +725,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         st: st.clone(),
         req,
         tenant: ctx.tenant.clone(),
+        request_id: ctx.request_id.clone(),
         plan,
         cp,
         leader,
@@ -653,6 +789,8 @@ struct LiveStream {
     req: ChatRequest,
     /// Whose spend and limits this stream's cost counts against.
     tenant: String,
+    /// For the request log.
+    request_id: String,
     plan: Plan,
     cp: CachePlan,
     leader: Option<OwnedLeader>,
@@ -733,6 +871,8 @@ impl LiveStream {
             .observe(upstream.as_secs_f64());
         outcome_metric(&st, self.dep, "success");
         let (usage, estimated) = self.usage();
+        st.router
+            .remember_strong_answer(&self.plan, self.meta.tier.as_deref(), self.acc.text());
         let (cost, saved) = account(&st, self.dep, &self.plan, usage, estimated);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         self.meta.cost_usd = cost;
@@ -742,6 +882,7 @@ impl LiveStream {
         self.meta.usage = Some(usage);
         self.meta.latency_ms = ms(self.started.elapsed());
         self.meta.ttft_ms = self.ttft.map(ms);
+        crate::request_log::finished(&st, &self.request_id, &self.tenant, &self.meta, 200);
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, true);
         // For streams, gateway overhead is the time spent before the upstream was called.
@@ -800,6 +941,8 @@ impl LiveStream {
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, false);
+        let spent = (cost, usage, self.started.elapsed());
+        crate::request_log::finished_partial(&st, &self.request_id, &self.tenant, &self.meta, 502, spent);
         tracing::warn!(deployment = %d.name, error = %e, "stream failed after its first byte; not retried");
         let api: ApiError = e.clone().into();
         if let Ok(json) = serde_json::to_vec(&api.body()) {
@@ -826,6 +969,8 @@ impl Drop for LiveStream {
         let (usage, _) = self.usage();
         let (cost, _) = account(&st, self.dep, &self.plan, usage, true);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
+        let spent = (cost, usage, self.started.elapsed());
+        crate::request_log::finished_partial(&st, &self.request_id, &self.tenant, &self.meta, 499, spent);
         // A cancellation is the client's choice, not an error.
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, true);

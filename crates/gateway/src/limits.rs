@@ -126,6 +126,8 @@ pub enum LimitError {
         period: &'static str,
         wait: Option<Duration>,
     },
+    /// The shared limits (Redis) cannot be checked and `on_redis_error = "fail-closed"`.
+    Unavailable,
 }
 
 impl LimitError {
@@ -147,6 +149,16 @@ impl LimitError {
                 format!("too many concurrent requests: this key allows {limit} at a time"),
                 Duration::from_secs(1),
             ),
+            LimitError::Unavailable => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "rate limits cannot be checked right now; try again shortly",
+                )
+                .with_code("limits_unavailable");
+                e.retry_after = Some(Duration::from_secs(1));
+                e
+            }
             LimitError::Budget { budget, period, wait } => {
                 let per = match *period {
                     "total" => String::new(),
@@ -177,7 +189,12 @@ fn rate_error(message: String, wait: Duration) -> ApiError {
 
 /// Holds one of a key's concurrent-request slots; released on drop (for streams: when the body ends).
 #[derive(Debug)]
-pub struct ConcurrencyGuard(Arc<AtomicU64>);
+pub struct ConcurrencyGuard(
+    Arc<AtomicU64>,
+    /// The slot in Redis with shared limits: held only for its `Drop`, which releases it.
+    #[allow(dead_code)]
+    Option<crate::limits_redis::Slot>,
+);
 
 impl Drop for ConcurrencyGuard {
     fn drop(&mut self) {
@@ -222,6 +239,8 @@ pub struct Limits {
     notify: Arc<Notify>,
     flushing: tokio::sync::Mutex<()>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Limits shared by every replica (`[limits] backend = "redis"`); unset: this replica's own.
+    shared: std::sync::OnceLock<Arc<crate::limits_redis::RedisLimits>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -249,6 +268,7 @@ impl Limits {
             notify: Arc::new(Notify::new()),
             flushing: tokio::sync::Mutex::new(()),
             flusher: Mutex::new(None),
+            shared: std::sync::OnceLock::new(),
         });
         if with_store && tokio::runtime::Handle::try_current().is_ok() {
             let task = tokio::spawn(flusher(Arc::downgrade(&limits), limits.notify.clone()));
@@ -296,14 +316,57 @@ impl Limits {
     /// Checks every limit of a key before a request is served; takes one request from its RPM bucket
     /// and one concurrency slot when admitted. Nothing is taken from a refused request.
     pub fn admit(&self, rec: &Arc<KeyRecord>) -> Result<Admission, (LimitError, RateHeaders)> {
+        self.admit_scaled(rec, 1)
+    }
+
+    /// Uses Redis for the limits shared by all replicas (see [`crate::limits_redis`]) and, when Redis
+    /// cannot answer, the `on_redis_error` policy; without shared limits, the same as [`Limits::admit`].
+    pub async fn admit_shared(&self, rec: &Arc<KeyRecord>) -> Result<Admission, (LimitError, RateHeaders)> {
+        let Some(shared) = self.shared.get() else {
+            return self.admit(rec);
+        };
+        let s = self.key_state(rec);
+        let seed = self.spent(rec);
+        match shared.admit(rec, seed).await {
+            Ok(crate::limits_redis::Verdict::Admitted(headers, slot)) => {
+                let guard = rec.max_concurrent.map(|_| {
+                    s.in_flight.fetch_add(1, Ordering::AcqRel);
+                    ConcurrencyGuard(s.in_flight.clone(), slot)
+                });
+                Ok(Admission { headers, guard })
+            }
+            Ok(crate::limits_redis::Verdict::Refused(e, headers)) => Err((e, headers)),
+            Err(()) => match shared.policy {
+                crate::limits_redis::OnError::Local => self.admit_scaled(rec, shared.replicas),
+                crate::limits_redis::OnError::FailOpen => Ok(Admission::default()),
+                crate::limits_redis::OnError::FailClosed => Err((LimitError::Unavailable, RateHeaders::default())),
+            },
+        }
+    }
+
+    /// Makes this replica's key limits global through Redis.
+    pub fn set_shared(&self, shared: Arc<crate::limits_redis::RedisLimits>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// The shared limits, if configured.
+    pub fn shared(&self) -> Option<&Arc<crate::limits_redis::RedisLimits>> {
+        self.shared.get()
+    }
+
+    /// [`Limits::admit`] with every rate and concurrency limit divided by `scale` (each at least 1):
+    /// the local fallback of `scale` replicas when the shared limits cannot be checked.
+    fn admit_scaled(&self, rec: &Arc<KeyRecord>, scale: u64) -> Result<Admission, (LimitError, RateHeaders)> {
         let s = self.key_state(rec);
         let now = Instant::now();
         let mut headers = RateHeaders::default();
-        let tokens = rec.tpm.map(|tpm| (tpm, lock(&s.tokens).peek(now, tpm)));
+        let per = |l: u64| (l / scale.max(1)).max(1);
+        let (rpm, tpm, max_concurrent) = (rec.rpm.map(per), rec.tpm.map(per), rec.max_concurrent.map(per));
+        let tokens = tpm.map(|tpm| (tpm, lock(&s.tokens).peek(now, tpm)));
         if let Some((tpm, r)) = tokens {
             headers.tokens = Some((tpm, r.unwrap_or(0)));
         }
-        if let Some(rpm) = rec.rpm {
+        if let Some(rpm) = rpm {
             headers.requests = Some((rpm, lock(&s.requests).peek(now, rpm).unwrap_or(0)));
         }
         if let Some(budget) = rec.budget_nanos {
@@ -325,10 +388,10 @@ impl Limits {
         if let Some((limit, Err(wait))) = tokens {
             return Err((LimitError::Tokens { limit, wait }, headers));
         }
-        let guard = match rec.max_concurrent {
+        let guard = match max_concurrent {
             Some(limit) => {
                 let prev = s.in_flight.fetch_add(1, Ordering::AcqRel);
-                let g = ConcurrencyGuard(s.in_flight.clone());
+                let g = ConcurrencyGuard(s.in_flight.clone(), None);
                 if prev >= limit {
                     return Err((LimitError::Concurrency { limit }, headers));
                 }
@@ -336,7 +399,7 @@ impl Limits {
             }
             None => None,
         };
-        if let Some(rpm) = rec.rpm {
+        if let Some(rpm) = rpm {
             match lock(&s.requests).take(now, rpm, 1) {
                 Ok(remaining) => headers.requests = Some((rpm, remaining)),
                 Err(wait) => return Err((LimitError::Requests { limit: rpm, wait }, headers)),
@@ -362,8 +425,13 @@ impl Limits {
             return;
         };
         let rec = lock(&s.rec).clone();
+        // With shared limits the local buckets are this replica's share (used while Redis is away).
+        let scale = self.shared.get().map_or(1, |sh| sh.replicas);
+        if let Some(sh) = self.shared.get() {
+            sh.settle(&rec, tokens, cost.0, self.spent(&rec));
+        }
         if let Some(tpm) = rec.tpm {
-            lock(&s.tokens).charge(now, tpm, tokens);
+            lock(&s.tokens).charge(now, (tpm / scale).max(1), tokens);
         }
         if cost.0 == 0 {
             return;
@@ -416,6 +484,10 @@ impl Limits {
     /// Writes all pending spend to the store. Concurrent calls wait for each other, so when this returns
     /// everything settled before the call is persisted (or kept pending after an error, to retry).
     pub async fn flush(&self) {
+        if let Some(sh) = self.shared.get() {
+            // One attempt (the worker retries); at shutdown the server waits for it with a bound.
+            sh.drain().await;
+        }
         let Some(store) = &self.store else { return };
         let _one_at_a_time = self.flushing.lock().await;
         let batch: Vec<((String, i64), u64)> = lock(&self.pending).drain().collect();

@@ -31,6 +31,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let grace = crate::http::grace(&state);
     let limits = state.limits.clone();
+    let request_log = state.request_log.clone();
     let max_connections = state.cfg.server.max_connections;
     let app = crate::http::app(state);
     let listener = listener.tap_io(|tcp| {
@@ -54,8 +55,13 @@ pub async fn run(
         r = server => r.map_err(|e| anyhow::anyhow!("server error: {e}"))?,
         () = drain_deadline => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections"),
     }
-    // Spend settled by the last requests reaches the key store before the process exits.
+    // Usage settled by the last requests reaches Redis (bounded wait) and the key store before exit.
+    if let Some(shared) = limits.shared() {
+        shared.flush(Duration::from_secs(2)).await;
+    }
     limits.flush().await;
+    // The request log's last rows too (bounded: a dead store does not hold up the exit).
+    request_log.close(Duration::from_secs(5)).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -96,6 +102,16 @@ fn banner(st: &SharedState, addr: SocketAddr) {
         },
         st.auth.describe(),
     ));
+    if st.auth.enabled {
+        let l = &cfg.limits;
+        out.push_str(&match l.backend.as_str() {
+            "redis" => format!(
+                "  limits: shared in Redis (on_redis_error = {}, replicas = {})\n",
+                l.on_redis_error, l.replicas
+            ),
+            _ => "  limits: in memory (this replica only)\n".to_owned(),
+        });
+    }
     out.push_str(&format!(
         "\n  API:     http://{addr}/v1  (chat/completions, models)\n  Chat UI: http://{addr}/\n  Metrics: http://{addr}/metrics\n"
     ));

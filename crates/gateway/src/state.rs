@@ -68,6 +68,8 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     /// Per-key and per-deployment rate limits, concurrency and budgets.
     pub limits: Arc<crate::limits::Limits>,
+    /// One row per finished request, written to the store in the background (or disabled).
+    pub request_log: Arc<crate::request_log::RequestLog>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -136,6 +138,29 @@ impl AppState {
             cfg.deployments.iter().map(|d| (d.rpm, d.tpm)).collect(),
             auth.store.clone(),
         );
+        if cfg.limits.backend == "redis" {
+            limits.set_shared(crate::limits_redis::RedisLimits::start(
+                &cfg.limits,
+                metrics.limits_redis_errors.clone(),
+            )?);
+        }
+        let log_wanted = cfg
+            .store
+            .request_log
+            .unwrap_or(auth.store.is_some() || cfg.store.database_url.is_some());
+        let request_log = match (log_wanted, &auth.store) {
+            (false, _) => crate::request_log::RequestLog::disabled(metrics.request_log_dropped.clone()),
+            (true, Some(store)) => crate::request_log::RequestLog::start(
+                store.clone(),
+                cfg.store.request_log_queue,
+                metrics.request_log_dropped.clone(),
+            ),
+            (true, None) => crate::request_log::RequestLog::start(
+                crate::auth::open_store(&cfg).await?,
+                cfg.store.request_log_queue,
+                metrics.request_log_dropped.clone(),
+            ),
+        };
         Ok(Arc::new(AppState {
             cfg,
             deployments,
@@ -149,6 +174,7 @@ impl AppState {
             coalescer: crate::engine::Coalescer::default(),
             auth,
             limits,
+            request_log,
         }))
     }
 

@@ -77,6 +77,11 @@ pub struct CacheOp {
     pub op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitOp {
+    pub op: &'static str,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -97,6 +102,10 @@ pub struct Metrics {
     pub saved_usd: Family<Reason, FloatCounter>,
     pub cache_errors: Family<CacheOp, Counter>,
     pub overhead: Histogram,
+    /// Shared-limit (Redis) failures by operation; each one means a fallback policy applied.
+    pub limits_redis_errors: Family<LimitOp, Counter>,
+    /// Request-log entries dropped (queue full or the store refused them).
+    pub request_log_dropped: Counter,
 }
 
 fn llm_buckets() -> impl Iterator<Item = f64> {
@@ -137,6 +146,8 @@ impl Metrics {
             cache_errors: Family::default(),
             // 10 us .. ~160 ms
             overhead: Histogram::new(exponential_buckets(0.00001, 2.0, 15)),
+            limits_redis_errors: Family::default(),
+            request_log_dropped: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -207,6 +218,16 @@ impl Metrics {
             "gateway_overhead_seconds",
             "Time spent inside the gateway (total minus waiting on the upstream)",
             m.overhead.clone(),
+        );
+        r.register(
+            "llm_limits_redis_errors",
+            "Failed Redis operations of the shared limits (the on_redis_error policy applied)",
+            m.limits_redis_errors.clone(),
+        );
+        r.register(
+            "llm_request_log_dropped",
+            "Request-log entries dropped instead of written (queue full or store error)",
+            m.request_log_dropped.clone(),
         );
         Metrics { registry: r, ..m }
     }

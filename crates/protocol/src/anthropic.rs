@@ -615,9 +615,12 @@ pub fn from_response_at(body: &[u8], requested_model: &str, created: u64) -> Res
         }
         message.tool_calls = Some(calls);
     }
-    let counts = v
-        .get("usage")
-        .and_then(|u| Some(usage(prompt_tokens(u)?, get_u64(u, "output_tokens").unwrap_or(0))));
+    let counts = v.get("usage").and_then(|u| {
+        Some(
+            usage(prompt_tokens(u)?, get_u64(u, "output_tokens").unwrap_or(0))
+                .with_cached(get_u64(u, "cache_read_input_tokens").unwrap_or(0)),
+        )
+    });
     Ok(ChatCompletion {
         id: get_str(&v, "id").unwrap_or("").to_owned(),
         object: "chat.completion".to_owned(),
@@ -643,6 +646,8 @@ pub struct StreamTranslator {
     started: bool,
     finished: bool,
     prompt_tokens: Option<u64>,
+    /// Prompt tokens read from Anthropic's prompt cache (`cache_read_input_tokens`).
+    cached_tokens: u64,
     completion_tokens: u64,
     /// (Anthropic content-block index, OpenAI tool-call index) of the tool_use blocks seen.
     tool_blocks: Vec<(u64, u32)>,
@@ -657,6 +662,7 @@ impl StreamTranslator {
             started: false,
             finished: false,
             prompt_tokens: None,
+            cached_tokens: 0,
             completion_tokens: 0,
             tool_blocks: Vec::new(),
         }
@@ -665,7 +671,8 @@ impl StreamTranslator {
     /// Usage so far: known once `message_start` arrived; output tokens are final after
     /// `message_delta`.
     pub fn usage(&self) -> Option<Usage> {
-        self.prompt_tokens.map(|p| usage(p, self.completion_tokens))
+        self.prompt_tokens
+            .map(|p| usage(p, self.completion_tokens).with_cached(self.cached_tokens))
     }
 
     /// The upstream message id (empty before `message_start`).
@@ -705,6 +712,7 @@ impl StreamTranslator {
                 }
                 if let Some(u) = msg.get("usage") {
                     self.prompt_tokens = prompt_tokens(u).or(self.prompt_tokens);
+                    self.cached_tokens = get_u64(u, "cache_read_input_tokens").unwrap_or(self.cached_tokens);
                     if let Some(o) = get_u64(u, "output_tokens") {
                         self.completion_tokens = o;
                     }
@@ -1268,7 +1276,7 @@ mod tests {
         assert_eq!(calls[0]["function"]["name"], "get_weather");
         let args: Value = serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(args, json!({"location": "San Francisco, CA", "unit": "celsius"}));
-        assert_eq!(got.usage, Some(Usage::new(1110, 40)));
+        assert_eq!(got.usage, Some(Usage::new(1110, 40).with_cached(1000)));
     }
 
     #[test]
@@ -1491,10 +1499,11 @@ data: {\"type\":\"message_stop\"}\n\n";
                 c(json!({}), json!("tool_calls")),
                 json!({"id": "msg_014p7gG3wDgGV9EUtLvnow3U", "object": "chat.completion.chunk",
                        "created": 1_700_000_000, "model": "claude", "choices": [],
-                       "usage": {"prompt_tokens": 480, "completion_tokens": 89, "total_tokens": 569}}),
+                       "usage": {"prompt_tokens": 480, "completion_tokens": 89, "total_tokens": 569,
+                                 "prompt_tokens_details": {"cached_tokens": 8}}}),
             ])
         );
-        assert_eq!(t.usage(), Some(Usage::new(480, 89)));
+        assert_eq!(t.usage(), Some(Usage::new(480, 89).with_cached(8)));
     }
 
     #[test]

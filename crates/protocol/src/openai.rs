@@ -210,6 +210,15 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Prompt tokens served from the provider's prompt cache (priced lower by some providers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: u64,
 }
 
 impl Usage {
@@ -218,7 +227,20 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            prompt_tokens_details: None,
         }
+    }
+
+    /// Records how many prompt tokens came from the provider's prompt cache (0 leaves usage unchanged).
+    pub fn with_cached(mut self, cached_tokens: u64) -> Self {
+        if cached_tokens > 0 {
+            self.prompt_tokens_details = Some(PromptTokensDetails { cached_tokens });
+        }
+        self
+    }
+
+    pub fn cached_prompt_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
     }
 }
 

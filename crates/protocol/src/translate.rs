@@ -173,11 +173,7 @@ pub fn tool_call_chunk(
 /// `Usage` with a saturating total (upstream counts are untrusted; `Usage::new` would overflow
 /// on absurd values).
 pub fn usage(prompt_tokens: u64, completion_tokens: u64) -> Usage {
-    Usage {
-        prompt_tokens,
-        completion_tokens,
-        total_tokens: prompt_tokens.saturating_add(completion_tokens),
-    }
+    Usage::new(prompt_tokens, completion_tokens)
 }
 
 /// Non-negative integer at `v[key]`, if any.

@@ -309,3 +309,38 @@ fn empty_feed_between_cr_and_lf() {
     assert_eq!(whole.len(), 1, "{whole:?}");
     assert_eq!(decode_split(bytes, &[8, 8], false), whole);
 }
+
+/// Found by `fuzz/` (`anthropic_request` with OPTIROUTE_FUZZ_STRICT=1): trimming the trailing
+/// whitespace of a final assistant turn trims only its last text block, which can leave an empty
+/// text block (and the turn still ending in whitespace), both rejected by Anthropic with a 400.
+///
+/// Ignored: fails today; reported to the lead rather than fixed here.
+#[test]
+#[ignore = "known bug: final assistant turn can keep an empty text block"]
+fn anthropic_final_assistant_turn_has_no_empty_block() {
+    use optiroute_protocol::anthropic;
+    use optiroute_protocol::openai::{ChatRequest, Message};
+    let req = ChatRequest {
+        model: "m".into(),
+        messages: vec![
+            Message::new("user", "hi"),
+            Message::new("assistant", "a"),
+            Message::new("assistant", " "),
+        ],
+        ..Default::default()
+    };
+    let body = anthropic::to_request(&req, "claude", 16).unwrap();
+    let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+    let texts: Vec<&str> = match &last["content"] {
+        serde_json::Value::String(s) => vec![s.as_str()],
+        serde_json::Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect(),
+        other => panic!("unexpected content {other}"),
+    };
+    assert!(texts.iter().all(|t| !t.is_empty()), "empty text block in {last}");
+    let joined: String = texts.concat();
+    assert_eq!(
+        joined.trim_end(),
+        joined,
+        "final assistant turn ends in whitespace: {last}"
+    );
+}

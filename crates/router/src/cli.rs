@@ -193,8 +193,20 @@ fn shipped_scorer(router: RouterName, weights: Option<&Path>, seed: u64) -> anyh
     })
 }
 
-/// Runs one `router` subcommand.
+/// Runs one `router` subcommand. A closed stdout (e.g. piped into `head`) ends the command quietly.
 pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
+    match run_inner(cmd) {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
     match cmd {
         RouterCommand::Eval {
             data,

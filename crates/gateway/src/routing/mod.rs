@@ -6,10 +6,14 @@
 //! The chosen tier's deployments come first; the other eligible tiers follow as fallbacks, so an
 //! outage of one tier degrades to the other instead of failing.
 
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use optiroute_protocol::openai::ChatRequest;
-use optiroute_router::{Conversation, HeuristicScorer, LearnedScorer, LengthRule, Scorer, TokenCounts};
+use optiroute_router::{
+    Conversation, HeuristicScorer, LearnedScorer, LengthRule, Scorer, ThresholdCalibrator, TokenCounts,
+};
 
 use crate::config::{Config, Strategy};
 use crate::error::ApiError;
@@ -54,6 +58,19 @@ pub struct Router {
     strategy_name: &'static str,
     /// Smallest context window of any deployment: prompts far below it skip exact token counting.
     min_window: u64,
+    /// Keeps the strong-call share at `routing.strong_share` on live traffic.
+    calibrator: Option<Mutex<ThresholdCalibrator>>,
+    /// Fingerprints of recent answers from the strongest tier, for conversation stickiness.
+    strong_answers: Option<moka::sync::Cache<u64, ()>>,
+    sticky_max_tokens: u64,
+    pub cascade: bool,
+}
+
+/// A stable fingerprint of an answer's text (whitespace-trimmed).
+fn fingerprint(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.trim().hash(&mut h);
+    h.finish()
 }
 
 impl Router {
@@ -88,7 +105,63 @@ impl Router {
             reference,
             strategy_name,
             min_window: deps.iter().filter_map(|d| d.context_window).min().unwrap_or(u64::MAX),
+            calibrator: r.strong_share.map(|share| {
+                Mutex::new(ThresholdCalibrator::new(
+                    share,
+                    r.calibration_window,
+                    (r.calibration_window / 20).clamp(1, 200),
+                    r.threshold as f32,
+                ))
+            }),
+            strong_answers: r.sticky.then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(std::time::Duration::from_secs(3600))
+                    .build()
+            }),
+            sticky_max_tokens: r.sticky_max_tokens,
+            cascade: r.cascade,
         })
+    }
+
+    /// The strongest configured tier.
+    pub fn strongest_tier(&self) -> Option<&str> {
+        self.tiers.last().map(String::as_str)
+    }
+
+    /// Remembers an answer the strongest tier gave, so a short follow-up to it stays there.
+    pub fn remember_strong_answer(&self, plan: &Plan, tier: Option<&str>, text: &str) {
+        if let Some(cache) = &self.strong_answers
+            && plan.target == Target::Auto
+            && tier.is_some()
+            && tier == self.strongest_tier()
+            && !text.trim().is_empty()
+        {
+            cache.insert(fingerprint(text), ());
+        }
+    }
+
+    /// A short user turn that follows an answer of the strongest tier.
+    fn is_sticky_follow_up(&self, req: &ChatRequest) -> bool {
+        let Some(cache) = &self.strong_answers else {
+            return false;
+        };
+        let n = req.messages.len();
+        if n < 2 || req.messages[n - 1].role != "user" {
+            return false;
+        }
+        let prev = &req.messages[n - 2];
+        prev.role == "assistant"
+            && (req.messages[n - 1].text_len() as u64).div_ceil(4) <= self.sticky_max_tokens
+            && cache.contains_key(&fingerprint(&prev.text()))
+    }
+
+    /// The current threshold (calibrated when `strong_share` is set).
+    pub fn threshold(&self) -> f32 {
+        match &self.calibrator {
+            Some(c) => c.lock().map(|c| c.threshold()).unwrap_or(self.threshold),
+            None => self.threshold,
+        }
     }
 
     /// Prompt tokens for routing: approximate, or exact when a context window could be at stake.
@@ -223,10 +296,23 @@ impl Router {
             let raw = self.score(req, prompt_tokens);
             let bias = self.bias.get("auto").copied().unwrap_or(0.0) as f32;
             let score = (raw + bias).clamp(0.0, 1.0);
-            let strong = score >= self.threshold;
+            let threshold = match &self.calibrator {
+                Some(c) => match c.lock() {
+                    Ok(mut c) => {
+                        c.observe(score);
+                        c.threshold()
+                    }
+                    Err(_) => self.threshold,
+                },
+                None => self.threshold,
+            };
+            let sticky = score < threshold && self.is_sticky_follow_up(req);
+            let strong = score >= threshold || sticky;
             let pos = if strong { eligible.len() - 1 } else { 0 };
             let cheapest_excluded = eligible.first().map(|(t, _)| *t) != cheapest_configured;
-            let (reason, why) = if !strong && cheapest_excluded {
+            let (reason, why) = if sticky && eligible.len() > 1 {
+                ("sticky", "short follow-up to an answer from this tier".to_owned())
+            } else if !strong && cheapest_excluded {
                 let code = excluded_by.unwrap_or("unsupported");
                 (code, format!("cheapest tier cannot serve this request ({code})"))
             } else if self.strategy_name == "length" {
@@ -241,13 +327,10 @@ impl Router {
             } else if strong {
                 (
                     "score_high",
-                    format!("complexity {score:.3} >= threshold {:.3}", self.threshold),
+                    format!("complexity {score:.3} >= threshold {threshold:.3}"),
                 )
             } else {
-                (
-                    "score_low",
-                    format!("complexity {score:.3} < threshold {:.3}", self.threshold),
-                )
+                ("score_low", format!("complexity {score:.3} < threshold {threshold:.3}"))
             };
             (pos, reason, why, Some(score))
         };
@@ -374,4 +457,33 @@ pub fn conversation(req: &ChatRequest, prompt_tokens: u64) -> Conversation {
             last_user: u32::try_from(last_user).unwrap_or(u32::MAX),
             context: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
         }))
+}
+
+/// Whether a prompt reads like a math word problem (cascade mode then requires a final number).
+pub fn looks_math(text: &str) -> bool {
+    let digits = text.chars().filter(char::is_ascii_digit).count();
+    if digits < 2 {
+        return false;
+    }
+    let lower = text.to_ascii_lowercase();
+    const CUES: &[&str] = &[
+        "how many",
+        "how much",
+        "how long",
+        "calculate",
+        "compute",
+        "total",
+        "solve",
+        "percent",
+        "average",
+        "what is the",
+        "sum of",
+        "product of",
+        "remainder",
+        "%",
+        " + ",
+        " * ",
+        " = ",
+    ];
+    CUES.iter().any(|c| lower.contains(c))
 }

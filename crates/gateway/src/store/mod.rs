@@ -14,7 +14,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 /// Schema migrations, applied in order at start; each version once (recorded in `optiroute_migrations`).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_api_keys.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_api_keys.sql")),
+    (2, include_str!("../../migrations/0002_request_log.sql")),
+];
 
 /// What every virtual key starts with (OpenAI SDKs accept any string).
 pub const KEY_PREFIX: &str = "sk-or-";

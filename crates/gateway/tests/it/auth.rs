@@ -895,13 +895,13 @@ async fn start_private_pg() -> Option<PgServer> {
 }
 
 /// A fresh database for one test.
-struct PgDb {
-    url: String,
+pub(crate) struct PgDb {
+    pub(crate) url: String,
     name: String,
     admin_url: String,
 }
 
-async fn pg_database() -> Option<PgDb> {
+pub(crate) async fn pg_database() -> Option<PgDb> {
     let server = pg_server().await?;
     let name = format!("optiroute_t_{}", &hex_random()[..16]);
     let mut conn = sqlx::PgConnection::connect(&server.admin_url).await.unwrap();
@@ -923,7 +923,7 @@ async fn pg_database() -> Option<PgDb> {
 }
 
 impl PgDb {
-    async fn drop(self) {
+    pub(crate) async fn drop(self) {
         if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
                 .execute(&mut conn)

@@ -9,3 +9,4 @@ mod cache;
 mod providers;
 mod proxy;
 mod resilience;
+mod scale;

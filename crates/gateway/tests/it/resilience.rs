@@ -489,3 +489,166 @@ async fn cloud_outage_degrades_to_local() {
     }
     assert_eq!(gw.state.deployments[1].breaker.state(), State::Open);
 }
+
+// --- Calibration, stickiness, cascade ---
+
+#[tokio::test]
+async fn calibration_holds_the_strong_share_on_live_traffic() {
+    let mut cfg = Config::test_default();
+    cfg.routing.strong_share = Some(0.25);
+    cfg.routing.calibration_window = 200;
+    cfg.routing.sticky = false;
+    cfg.cache.enabled = false;
+    let gw = TestGateway::start(cfg).await;
+    // Prompts of many lengths and a few reasoning cues, so scores spread out (as real traffic does).
+    const WORDS: &[&str] = &[
+        "explain",
+        "the",
+        "trade-offs",
+        "of",
+        "caching",
+        "in",
+        "a",
+        "gateway",
+        "with",
+        "code",
+    ];
+    let prompts: Vec<String> = (0..240usize)
+        .map(|i| {
+            let n = 1 + (i * 37) % 120;
+            let mut p: Vec<&str> = (0..n).map(|k| WORDS[(k + i) % WORDS.len()]).collect();
+            if i % 5 == 0 {
+                p.push("step by step");
+            }
+            p.join(" ")
+        })
+        .collect();
+    let mut strong = 0;
+    for (i, p) in prompts.iter().enumerate() {
+        let (s, tier, _) = route(&gw, chat_body("auto", p), &[]).await;
+        assert_eq!(s, 200);
+        // Count only after the calibration window filled.
+        if i >= 40 && tier == "cloud" {
+            strong += 1;
+        }
+    }
+    let share = f64::from(strong) / 200.0;
+    assert!((0.18..=0.32).contains(&share), "strong share {share}");
+}
+
+#[tokio::test]
+async fn a_short_follow_up_to_a_strong_answer_stays_strong() {
+    let mut cfg = Config::test_default();
+    cfg.cache.enabled = false;
+    let gw = TestGateway::start(cfg).await;
+    let hard = "Prove step by step that there are infinitely many primes, then write a Rust function that \
+                returns the n-th prime with an efficient sieve, and analyse its time complexity rigorously.";
+    let r = client()
+        .post(gw.chat_url())
+        .json(&chat_body("auto", hard))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-optiroute-tier"], "cloud");
+    let v: Value = r.json().await.unwrap();
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let follow = json!({"model": "auto", "messages": [
+        {"role": "user", "content": hard},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "thanks, and why?"}
+    ]});
+    let (_, tier, reason) = route(&gw, follow.clone(), &[]).await;
+    assert_eq!(tier, "cloud", "{reason}");
+    assert!(reason.contains("follow-up"), "{reason}");
+    // The same short turn after an answer that did not come from the strong tier goes local.
+    let mut other = follow;
+    other["messages"][1]["content"] = json!("some other answer");
+    let (_, tier, _) = route(&gw, other, &[]).await;
+    assert_eq!(tier, "local");
+}
+
+#[tokio::test]
+async fn cascade_escalates_a_failed_cheap_answer() {
+    let (m1, m2, gw) = two_upstreams(|c| {
+        c.routing.cascade = true;
+        c.routing.sticky = false;
+    })
+    .await;
+    // Cheap answer to a math question without a final number: escalated to b.
+    m1.handle.push(Behavior {
+        text: Some("Let me think about the apples.".into()),
+        ..Default::default()
+    });
+    m2.handle.push(Behavior {
+        text: Some("3 + 4 = 7. The answer is 7.".into()),
+        ..Default::default()
+    });
+    let body = chat_body(
+        "auto",
+        "Tom has 3 apples and buys 4 more. How many apples does he have?",
+    );
+    let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r.headers()["x-optiroute-deployment"], "b");
+    let reason = r.headers()["x-optiroute-route-reason"].to_str().unwrap().to_owned();
+    assert!(
+        reason.starts_with("cascade") && reason.contains("no_final_answer"),
+        "{reason}"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "3 + 4 = 7. The answer is 7.");
+    // Cost covers both calls; no saving is claimed.
+    assert_eq!(v["optiroute"]["saved_usd"], 0.0);
+    assert!(v["optiroute"]["cost_usd"].as_f64().unwrap() > 0.0);
+    // A good cheap answer is kept.
+    m1.handle.push(Behavior {
+        text: Some("He has 3 + 4 = 7 apples, so the answer is 7.".into()),
+        ..Default::default()
+    });
+    let body = chat_body("auto", "Ann has 5 pears and eats 2. How many pears are left for her?");
+    let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r.headers()["x-optiroute-deployment"], "a");
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (2, 1));
+}
+
+#[tokio::test]
+async fn group_strategies_order_candidates() {
+    let mut cfg = Config::test_default();
+    let mut third = cfg.deployments[1].clone();
+    third.name = "cloud2".into();
+    third.weight = 3;
+    cfg.deployments.push(third);
+    for (name, strategy) in [
+        ("busy", Strategy::LeastBusy),
+        ("fast", Strategy::LeastLatency),
+        ("weighted", Strategy::Weighted),
+        ("prio", Strategy::Priority),
+    ] {
+        cfg.models.push(ModelGroupConfig {
+            name: name.into(),
+            deployments: vec!["local".into(), "cloud".into(), "cloud2".into()],
+            strategy,
+            cache_ttl_secs: None,
+        });
+    }
+    let st = AppState::new(cfg).await.unwrap();
+    let names = |p: optiroute::routing::Plan| -> Vec<String> {
+        p.candidates.iter().map(|&i| st.deployments[i].name.clone()).collect()
+    };
+    assert_eq!(names(plan(&st, "prio")), ["local", "cloud", "cloud2"]);
+    st.deployments[0].in_flight.store(5, Ordering::Relaxed);
+    st.deployments[1].in_flight.store(1, Ordering::Relaxed);
+    st.deployments[2].in_flight.store(3, Ordering::Relaxed);
+    assert_eq!(names(plan(&st, "busy")), ["cloud", "cloud2", "local"]);
+    st.deployments[0].observe_latency(900);
+    st.deployments[1].observe_latency(2_000);
+    st.deployments[2].observe_latency(100);
+    assert_eq!(names(plan(&st, "fast")), ["cloud2", "local", "cloud"]);
+    // Weights 1, 1, 3: cloud2 should come first in about 3/5 of plans.
+    let mut first = std::collections::HashMap::new();
+    for _ in 0..2_000 {
+        *first.entry(names(plan(&st, "weighted"))[0].clone()).or_insert(0) += 1;
+    }
+    let share = f64::from(first["cloud2"]) / 2_000.0;
+    assert!((0.54..0.66).contains(&share), "{first:?}");
+    assert!(first["local"] > 250 && first["cloud"] > 250, "{first:?}");
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Measures OptiRoute against the physical limit of this machine and prints the BENCHMARKS.md table.
+#
+# The gateway is pinned to CPU 0; the mock upstream (`optiroute mock`) and the load generator
+# (`optiroute bench`) share CPU 1. Every figure is also measured straight against the mock, so the
+# gateway's share of the cost is visible. Needs a release build: cargo build --release -p optiroute
+#
+#   scripts/bench_gateway.sh                 # ~2 minutes
+#   RUN_TIME=30s scripts/bench_gateway.sh    # longer runs
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${OPTIROUTE_BIN:-$ROOT/target/release/optiroute}
+RUN_TIME=${RUN_TIME:-10s}
+OUT=${OUT_DIR:-$ROOT/target/bench_gateway}
+mkdir -p "$OUT"
+[ -x "$BIN" ] || { echo "build first: cargo build --release -p optiroute" >&2; exit 1; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# Starts a server and waits for its OPTIROUTE_LISTENING line; echoes the URL.
+start() {
+  local log=$1; shift
+  "$@" >"$log.out" 2>"$log.err" &
+  pids+=($!)
+  for _ in $(seq 1 200); do
+    if grep -q OPTIROUTE_LISTENING "$log.out" 2>/dev/null; then
+      awk '/OPTIROUTE_LISTENING/ {print $2; exit}' "$log.out"
+      return
+    fi
+    sleep 0.05
+  done
+  echo "server did not start: $*" >&2; cat "$log.err" >&2; exit 1
+}
+
+MOCK=$(start "$OUT/mock" taskset -c 1 "$BIN" mock --port 0)
+MOCK_SLOW=$(start "$OUT/mock_slow" taskset -c 1 "$BIN" mock --port 0 --chunk-delay-ms 50)
+cat >"$OUT/gw.toml" <<TOML
+[server]
+max_connections = 20000
+[cache]
+enabled = false
+[resilience]
+max_attempts = 1
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "$MOCK/v1"
+[[providers]]
+name = "mock-slow"
+kind = "openai"
+base_url = "$MOCK_SLOW/v1"
+[[deployments]]
+name = "m"
+provider = "mock"
+model = "mock-model"
+tier = "cloud"
+[[deployments]]
+name = "slow"
+provider = "mock-slow"
+model = "mock-model"
+tier = "cloud"
+TOML
+GW=$(start "$OUT/gw" taskset -c 0 "$BIN" serve --config "$OUT/gw.toml" --port 0)
+DEMO=$(start "$OUT/demo" taskset -c 0 "$BIN" serve --port 0 --demo-latency-ms 0)
+GW_PID=${pids[2]}
+DEMO_PID=${pids[3]}
+
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+IDLE_RSS=$(rss_mb "$GW_PID")
+
+bench() { # name, then bench args
+  local name=$1; shift
+  taskset -c 1 "$BIN" bench --json --grace 5s "$@" >"$OUT/$name.json"
+}
+
+bench direct_64 --url "$MOCK" --model mock-model --users 64 --run-time "$RUN_TIME" --mix unique
+bench gw_64 --url "$GW" --model m --users 64 --run-time "$RUN_TIME" --mix unique
+bench direct_1 --url "$MOCK" --model mock-model --users 1 --run-time "$RUN_TIME" --mix unique
+bench gw_1 --url "$GW" --model m --users 1 --run-time "$RUN_TIME" --mix unique
+bench direct_stream_1 --url "$MOCK" --model mock-model --users 1 --run-time "$RUN_TIME" --mix unique --stream
+bench gw_stream_1 --url "$GW" --model m --users 1 --run-time "$RUN_TIME" --mix unique --stream
+# Cache hits: demo gateway, a pool of 20 prompts, primed first.
+bench prime --url "$DEMO" --model local --users 1 --requests 20 --mix repeated
+bench cache_64 --url "$DEMO" --model local --users 64 --run-time "$RUN_TIME" --mix repeated
+# 1,000 concurrent streams held open by a slow upstream (50 ms per chunk): peak RSS of the gateway.
+taskset -c 1 "$BIN" bench --json --grace 5s --url "$GW" --model slow --users 1000 --run-time "$RUN_TIME" \
+  --mix unique --stream --timeout 60s >"$OUT/streams_1000.json" &
+BPID=$!
+PEAK=0
+while kill -0 "$BPID" 2>/dev/null; do
+  r=$(rss_mb "$GW_PID"); PEAK=$(python3 -c "print(max($PEAK, $r))"); sleep 0.5
+done
+wait "$BPID" || true
+
+python3 - "$OUT" "$IDLE_RSS" "$PEAK" <<'PY'
+import json, sys, os
+out, idle, peak = sys.argv[1], sys.argv[2], sys.argv[3]
+r = {n[:-5]: json.load(open(os.path.join(out, n))) for n in os.listdir(out) if n.endswith(".json")}
+def lat(name, k): return r[name]["latency_ms"][k]
+def ttft(name, k): return r[name]["ttft_ms"][k]
+rows = [
+    ("non-streaming throughput, 64 connections", f'{r["gw_64"]["requests_per_s"]:,.0f} req/s', f'{r["direct_64"]["requests_per_s"]:,.0f} req/s',
+     f'{100*r["gw_64"]["requests_per_s"]/r["direct_64"]["requests_per_s"]:.0f}% of direct'),
+    ("latency at 1 connection, p50", f'{lat("gw_1","p50")*1000:.0f} µs', f'{lat("direct_1","p50")*1000:.0f} µs',
+     f'+{(lat("gw_1","p50")-lat("direct_1","p50"))*1000:.0f} µs'),
+    ("latency at 1 connection, p99", f'{lat("gw_1","p99")*1000:.0f} µs', f'{lat("direct_1","p99")*1000:.0f} µs',
+     f'+{(lat("gw_1","p99")-lat("direct_1","p99"))*1000:.0f} µs'),
+    ("streaming time to first token, p50", f'{ttft("gw_stream_1","p50")*1000:.0f} µs', f'{ttft("direct_stream_1","p50")*1000:.0f} µs',
+     f'+{(ttft("gw_stream_1","p50")-ttft("direct_stream_1","p50"))*1000:.0f} µs'),
+    ("cache hits, 64 connections", f'{r["cache_64"]["requests_per_s"]:,.0f} req/s (hit rate {100*(r["cache_64"]["cache"]["hit_rate"] or 0):.0f}%)', "", f'p50 {lat("cache_64","p50")*1000:.0f} µs'),
+    ("RSS idle", f"{idle} MB", "", ""),
+    ("RSS peak, 1,000 concurrent streams", f"{peak} MB", "", f'{r["streams_1000"]["ok"]} streams ok, {r["streams_1000"]["errors"]} errors'),
+]
+print("| measure | through OptiRoute | straight to the mock | gateway's share |")
+print("|---|---|---|---|")
+for row in rows:
+    print("| " + " | ".join(row) + " |")
+PY
