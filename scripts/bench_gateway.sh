@@ -19,23 +19,28 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# Starts a server and waits for its OPTIROUTE_LISTENING line; echoes the URL.
-start() {
-  local log=$1; shift
-  "$@" >"$log.out" 2>"$log.err" &
+# launch NAME CMD...: starts a server in the background; url_of NAME waits for its
+# OPTIROUTE_LISTENING line and prints the URL.
+launch() {
+  local name=$1; shift
+  "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" &
   pids+=($!)
-  for _ in $(seq 1 200); do
-    if grep -q OPTIROUTE_LISTENING "$log.out" 2>/dev/null; then
-      awk '/OPTIROUTE_LISTENING/ {print $2; exit}' "$log.out"
+}
+url_of() {
+  for _ in $(seq 1 400); do
+    if grep -q OPTIROUTE_LISTENING "$OUT/$1.out" 2>/dev/null; then
+      awk '/OPTIROUTE_LISTENING/ {print $2; exit}' "$OUT/$1.out"
       return
     fi
     sleep 0.05
   done
-  echo "server did not start: $*" >&2; cat "$log.err" >&2; exit 1
+  echo "server $1 did not start" >&2; cat "$OUT/$1.err" >&2; exit 1
 }
 
-MOCK=$(start "$OUT/mock" taskset -c 1 "$BIN" mock --port 0)
-MOCK_SLOW=$(start "$OUT/mock_slow" taskset -c 1 "$BIN" mock --port 0 --chunk-delay-ms 50)
+launch mock taskset -c 1 "$BIN" mock --port 0
+launch mock_slow taskset -c 1 "$BIN" mock --port 0 --chunk-delay-ms 50
+MOCK=$(url_of mock)
+MOCK_SLOW=$(url_of mock_slow)
 cat >"$OUT/gw.toml" <<TOML
 [server]
 max_connections = 20000
@@ -62,10 +67,11 @@ provider = "mock-slow"
 model = "mock-model"
 tier = "cloud"
 TOML
-GW=$(start "$OUT/gw" taskset -c 0 "$BIN" serve --config "$OUT/gw.toml" --port 0)
-DEMO=$(start "$OUT/demo" taskset -c 0 "$BIN" serve --port 0 --demo-latency-ms 0)
+launch gw taskset -c 0 "$BIN" serve --config "$OUT/gw.toml" --port 0
 GW_PID=${pids[2]}
-DEMO_PID=${pids[3]}
+launch demo taskset -c 0 "$BIN" serve --port 0 --demo-latency-ms 0
+GW=$(url_of gw)
+DEMO=$(url_of demo)
 
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 IDLE_RSS=$(rss_mb "$GW_PID")

@@ -14,7 +14,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let host = cfg.server.host.clone();
     let port = cfg.server.port;
     let state = AppState::new(cfg).await?;
-    optiroute_protocol::usage::warm_up();
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;

@@ -82,15 +82,25 @@ pub fn to_request(req: &ChatRequest, upstream_model: &str, default_max_tokens: u
             "at least one user or assistant message with content is required",
         ));
     }
-    // Anthropic rejects a final (prefilled) assistant turn that ends in whitespace.
+    // Anthropic rejects a final (prefilled) assistant turn that ends in whitespace, and empty text
+    // blocks: trim the trailing text, drop blocks that become empty, and the turn if nothing is left.
     if let Some(last) = turns.last_mut()
         && last.role == "assistant"
-        && let Some(Value::Object(b)) = last.blocks.last_mut()
-        && b.get("type").and_then(Value::as_str) == Some("text")
-        && let Some(Value::String(t)) = b.get_mut("text")
     {
-        let trimmed = t.trim_end().len();
-        t.truncate(trimmed);
+        while let Some(Value::Object(b)) = last.blocks.last_mut()
+            && b.get("type").and_then(Value::as_str) == Some("text")
+            && let Some(Value::String(t)) = b.get_mut("text")
+        {
+            let trimmed = t.trim_end().len();
+            t.truncate(trimmed);
+            if !t.is_empty() {
+                break;
+            }
+            last.blocks.pop();
+        }
+        if last.blocks.is_empty() {
+            turns.pop();
+        }
     }
 
     let max_tokens = req.output_cap().unwrap_or(default_max_tokens);

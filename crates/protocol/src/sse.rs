@@ -55,7 +55,8 @@ impl SseDecoder {
     /// Feeds bytes and appends every event they complete to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
         let mut chunk = chunk;
-        if self.pending_cr {
+        // An empty read must not forget a pending `\r`: the `\n` may still follow in the next one.
+        if self.pending_cr && !chunk.is_empty() {
             self.pending_cr = false;
             if chunk.first() == Some(&b'\n') {
                 chunk = &chunk[1..];
@@ -190,8 +191,23 @@ mod tests {
             for j in i..whole.len() {
                 let got = decode_all(&[&whole[..i], &whole[i..j], &whole[j..]]);
                 assert_eq!(got, expected, "split at {i},{j}");
+                // Empty reads in between change nothing.
+                let got = decode_all(&[&whole[..i], b"", &whole[i..j], b"", &whole[j..]]);
+                assert_eq!(got, expected, "split at {i},{j} with empty reads");
             }
         }
+    }
+
+    #[test]
+    fn crlf_split_by_an_empty_read_is_one_line_ending() {
+        let ev = decode_all(&[b"data: a\r", b"", b"\ndata: b\n\n"]);
+        assert_eq!(
+            ev,
+            vec![SseEvent {
+                event: None,
+                data: "a\nb".into()
+            }]
+        );
     }
 
     #[test]

@@ -122,7 +122,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     /// Any sequence of encoded events decodes to exactly those events, however the bytes are cut
-    /// (non-empty pieces; see `empty_feed_between_cr_and_lf` for empty ones).
+    /// (with and without empty pieces where cut offsets repeat).
     #[test]
     fn sse_encode_decode_round_trip(
         events in prop::collection::vec(encoded_event(), 0..8),
@@ -140,7 +140,8 @@ proptest! {
         }
         let cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
         prop_assert_eq!(decode_split(&bytes, &[], true), expected.clone());
-        prop_assert_eq!(decode_split(&bytes, &cuts, true), expected);
+        prop_assert_eq!(decode_split(&bytes, &cuts, true), expected.clone());
+        prop_assert_eq!(decode_split(&bytes, &cuts, false), expected);
     }
 
     /// Line endings may be LF, CRLF or CR (each line its own), and splitting never changes the result,
@@ -189,7 +190,9 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..8),
     ) {
         let cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-        prop_assert_eq!(decode_split(&bytes, &cuts, true), decode_split(&bytes, &[], true));
+        let whole = decode_split(&bytes, &[], true);
+        prop_assert_eq!(decode_split(&bytes, &cuts, true), whole.clone());
+        prop_assert_eq!(decode_split(&bytes, &cuts, false), whole);
     }
 
     /// The accumulated text is the concatenation of choice 0's content deltas, also after the chunks
@@ -297,12 +300,8 @@ proptest! {
 }
 
 /// An empty read between the CR and the LF of a CRLF pair must not turn the LF into a blank line
-/// (which would dispatch the event early and split it in two).
-///
-/// Ignored: fails today (`SseDecoder::feed(b"")` clears `pending_cr`), reported to the lead rather
-/// than fixed here. Remove the `#[ignore]` once `feed` returns early on an empty chunk.
+/// (which would dispatch the event early and split it in two). Found by the property below.
 #[test]
-#[ignore = "known bug: an empty feed between CR and LF splits the event"]
 fn empty_feed_between_cr_and_lf() {
     let bytes = b"data: a\r\ndata: b\n\n";
     let whole = decode_split(bytes, &[], false);
@@ -316,7 +315,6 @@ fn empty_feed_between_cr_and_lf() {
 ///
 /// Ignored: fails today; reported to the lead rather than fixed here.
 #[test]
-#[ignore = "known bug: final assistant turn can keep an empty text block"]
 fn anthropic_final_assistant_turn_has_no_empty_block() {
     use optiroute_protocol::anthropic;
     use optiroute_protocol::openai::{ChatRequest, Message};

@@ -24,7 +24,7 @@ pub fn parse_chat_request(body: &[u8], max_messages: usize) -> Result<ChatReques
         return Err(ApiError::bad_request("request body is empty; expected a JSON object"));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let req: ChatRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+    let req: ChatRequest = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let msg = strip_position(&inner.to_string());
@@ -40,6 +40,13 @@ pub fn parse_chat_request(body: &[u8], max_messages: usize) -> Result<ChatReques
         } else {
             ApiError::invalid_param(&path, format!("invalid value for `{path}`: {msg}"))
         }
+    })?;
+    // Strict: nothing but white space may follow the JSON object.
+    de.end().map_err(|e| {
+        ApiError::bad_request(format!(
+            "request body is not valid JSON: {}",
+            strip_position(&e.to_string())
+        ))
     })?;
     validate(&req, max_messages)?;
     Ok(req)
@@ -230,25 +237,40 @@ pub async fn chat_completions(
             }
         }
     } else {
-        match engine::complete(&st, &req, &ctx).await {
-            Ok((completion, meta)) => {
-                st.ledger
-                    .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
-                log_line(&id, &model, 200, started, Some(&meta), false);
-                let mut v = serde_json::to_value(&completion).unwrap_or_default();
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("optiroute".into(), serde_json::to_value(&meta).unwrap_or_default());
-                }
-                let mut resp = axum::Json(v).into_response();
-                set_meta_headers(resp.headers_mut(), &meta, true);
-                resp
+        complete_json(&st, &id, &req, &ctx, started, |completion, meta| {
+            let mut v = serde_json::to_value(completion).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("optiroute".into(), serde_json::to_value(meta).unwrap_or_default());
             }
-            Err(e) => {
-                st.ledger
-                    .record_request(started.elapsed().as_micros() as u64, Default::default(), false);
-                log_line(&id, &model, e.status.as_u16(), started, None, false);
-                e.into_response()
-            }
+            v
+        })
+        .await
+    }
+}
+
+/// Runs a non-streaming completion, records it (ledger, log line) and renders the body with `render`.
+async fn complete_json(
+    st: &SharedState,
+    id: &RequestId,
+    req: &ChatRequest,
+    ctx: &RequestCtx,
+    started: Instant,
+    render: impl FnOnce(&optiroute_protocol::openai::ChatCompletion, &Meta) -> serde_json::Value,
+) -> Response {
+    match engine::complete(st, req, ctx).await {
+        Ok((completion, meta)) => {
+            st.ledger
+                .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
+            log_line(id, &req.model, 200, started, Some(&meta), false);
+            let mut resp = axum::Json(render(&completion, &meta)).into_response();
+            set_meta_headers(resp.headers_mut(), &meta, true);
+            resp
+        }
+        Err(e) => {
+            st.ledger
+                .record_request(started.elapsed().as_micros() as u64, Default::default(), false);
+            log_line(id, &req.model, e.status.as_u16(), started, None, false);
+            e.into_response()
         }
     }
 }
@@ -312,36 +334,23 @@ pub async fn generate(
     let ctx = ctx_from(&headers, &id, principal.as_ref());
     st.metrics.in_flight.inc();
     let _gauge = GaugeGuard(&st);
-    match engine::complete(&st, &req, &ctx).await {
-        Ok((completion, meta)) => {
-            st.ledger
-                .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
-            log_line(&id, &req.model, 200, started, Some(&meta), false);
-            let text = completion.choices.first().map(|c| c.message.text()).unwrap_or_default();
-            let mut resp = axum::Json(json!({
-                "response": text,
-                "provider": meta.provider,
-                "model": meta.model,
-                "deployment": meta.deployment,
-                "tier": meta.tier,
-                "route_reason": meta.route_reason,
-                "cached": meta.cache == engine::CacheStatus::Hit,
-                "cost_usd": meta.cost_usd.as_usd(),
-                "saved_usd": meta.saved_usd.as_usd(),
-                "latency_ms": meta.latency_ms,
-                "usage": meta.usage,
-            }))
-            .into_response();
-            set_meta_headers(resp.headers_mut(), &meta, true);
-            resp
-        }
-        Err(e) => {
-            st.ledger
-                .record_request(started.elapsed().as_micros() as u64, Default::default(), false);
-            log_line(&id, &req.model, e.status.as_u16(), started, None, false);
-            e.into_response()
-        }
-    }
+    complete_json(&st, &id, &req, &ctx, started, |completion, meta| {
+        let text = completion.choices.first().map(|c| c.message.text()).unwrap_or_default();
+        json!({
+            "response": text,
+            "provider": meta.provider,
+            "model": meta.model,
+            "deployment": meta.deployment,
+            "tier": meta.tier,
+            "route_reason": meta.route_reason,
+            "cached": meta.cache == engine::CacheStatus::Hit,
+            "cost_usd": meta.cost_usd.as_usd(),
+            "saved_usd": meta.saved_usd.as_usd(),
+            "latency_ms": meta.latency_ms,
+            "usage": meta.usage,
+        })
+    })
+    .await
 }
 
 pub async fn list_models(State(st): State<SharedState>) -> Response {
@@ -398,6 +407,23 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temperature"));
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let ok = br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#;
+        assert!(parse_chat_request(ok, 10).is_ok());
+        let mut bad = ok.to_vec();
+        bad.extend_from_slice(b"\x01\0");
+        assert_eq!(
+            parse_chat_request(&bad, 10).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        let twice = [&ok[..], &ok[..]].concat();
+        assert!(parse_chat_request(&twice, 10).is_err());
+        let mut spaced = ok.to_vec();
+        spaced.extend_from_slice(b" \n");
+        assert!(parse_chat_request(&spaced, 10).is_ok());
     }
 
     #[test]

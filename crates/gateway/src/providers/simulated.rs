@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use optiroute_protocol::openai::{ChatChunk, ChatCompletion, ChatRequest, Choice, Extra, Message, Usage};
-use optiroute_protocol::usage::{count_text, estimate_prompt_tokens};
+use optiroute_protocol::usage::approx_prompt_tokens;
 use sha2::{Digest, Sha256};
 
 use super::{CallTarget, ChunkStream, completion_id, unix_now};
@@ -160,7 +160,9 @@ impl Simulated {
         if self.cfg.tokens_per_s > 0.0 {
             tokio::time::sleep(Duration::from_secs_f64(pieces.len() as f64 / self.cfg.tokens_per_s)).await;
         }
-        let usage = Usage::new(estimate_prompt_tokens(req), count_text(&text));
+        // Simulated tokens: one per word piece of the answer, and the prompt approximated (the
+        // tokenizer stays unloaded unless a real upstream omits usage).
+        let usage = Usage::new(approx_prompt_tokens(req), (pieces.len() - 1) as u64);
         let finish = Self::finish_reason(req, pieces.len() - 1, self.cfg.answer_words);
         Ok(ChatCompletion {
             id: completion_id(),
@@ -181,8 +183,8 @@ impl Simulated {
     pub async fn chat_stream(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChunkStream, UpstreamError> {
         self.wait_first_token().await?;
         let pieces = self.answer(req, target.model);
-        let prompt_tokens = estimate_prompt_tokens(req);
-        let completion_tokens = count_text(&pieces.concat());
+        let prompt_tokens = approx_prompt_tokens(req);
+        let completion_tokens = (pieces.len() - 1) as u64;
         let finish = Self::finish_reason(req, pieces.len() - 1, self.cfg.answer_words);
         let id = completion_id();
         let created = unix_now();
