@@ -70,6 +70,10 @@ TOML
 launch gw taskset -c 0 "$BIN" serve --config "$OUT/gw.toml" --port 0
 GW_PID=${pids[2]}
 launch demo taskset -c 0 "$BIN" serve --port 0 --demo-latency-ms 0
+# The same gateway on the load generator's CPU: no cross-CPU wake-ups, so the added latency is the
+# gateway's own work (on this VM a cross-CPU wake-up costs ~100 µs per hop).
+launch gw_same taskset -c 1 "$BIN" serve --config "$OUT/gw.toml" --port 0
+GW_SAME=$(url_of gw_same)
 GW=$(url_of gw)
 DEMO=$(url_of demo)
 
@@ -85,6 +89,7 @@ bench direct_64 --url "$MOCK" --model mock-model --users 64 --run-time "$RUN_TIM
 bench gw_64 --url "$GW" --model m --users 64 --run-time "$RUN_TIME" --mix unique
 bench direct_1 --url "$MOCK" --model mock-model --users 1 --run-time "$RUN_TIME" --mix unique
 bench gw_1 --url "$GW" --model m --users 1 --run-time "$RUN_TIME" --mix unique
+bench gw_same_1 --url "$GW_SAME" --model m --users 1 --run-time "$RUN_TIME" --mix unique
 bench direct_stream_1 --url "$MOCK" --model mock-model --users 1 --run-time "$RUN_TIME" --mix unique --stream
 bench gw_stream_1 --url "$GW" --model m --users 1 --run-time "$RUN_TIME" --mix unique --stream
 # Cache hits: demo gateway, a pool of 20 prompts, primed first.
@@ -113,6 +118,10 @@ rows = [
      f'+{(lat("gw_1","p50")-lat("direct_1","p50"))*1000:.0f} µs'),
     ("latency at 1 connection, p99", f'{lat("gw_1","p99")*1000:.0f} µs', f'{lat("direct_1","p99")*1000:.0f} µs',
      f'+{(lat("gw_1","p99")-lat("direct_1","p99"))*1000:.0f} µs'),
+    ("latency at 1 connection, p50, all on one CPU", f'{lat("gw_same_1","p50")*1000:.0f} µs', f'{lat("direct_1","p50")*1000:.0f} µs',
+     f'+{(lat("gw_same_1","p50")-lat("direct_1","p50"))*1000:.0f} µs'),
+    ("latency at 1 connection, p99, all on one CPU", f'{lat("gw_same_1","p99")*1000:.0f} µs', f'{lat("direct_1","p99")*1000:.0f} µs',
+     f'+{(lat("gw_same_1","p99")-lat("direct_1","p99"))*1000:.0f} µs'),
     ("streaming time to first token, p50", f'{ttft("gw_stream_1","p50")*1000:.0f} µs', f'{ttft("direct_stream_1","p50")*1000:.0f} µs',
      f'+{(ttft("gw_stream_1","p50")-ttft("direct_stream_1","p50"))*1000:.0f} µs'),
     ("cache hits, 64 connections", f'{r["cache_64"]["requests_per_s"]:,.0f} req/s (hit rate {100*(r["cache_64"]["cache"]["hit_rate"] or 0):.0f}%)', "", f'p50 {lat("cache_64","p50")*1000:.0f} µs'),
