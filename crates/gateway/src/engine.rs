@@ -315,8 +315,7 @@ fn record_decision(st: &AppState, plan: &Plan) {
 }
 
 /// Usage, cost and savings of a served call; updates metrics and the ledger.
-fn account(st: &AppState, dep_idx: usize, plan: &Plan, usage: Usage, estimated: bool) -> (Nanos, Nanos) {
-    let _ = (plan, estimated);
+fn account(st: &AppState, dep_idx: usize, usage: Usage) -> (Nanos, Nanos) {
     account_inner(st, dep_idx, usage, true)
 }
 
@@ -446,7 +445,7 @@ pub async fn complete(
     let (cost, saved) = match call.already_accounted {
         Some(c) => (c, Nanos::ZERO),
         None => {
-            let (c, s) = account(st, call.dep, &plan, usage, estimated);
+            let (c, s) = account(st, call.dep, usage);
             st.limits.settle(&ctx.tenant, call.dep, c, usage.total_tokens);
             (c, s)
         }
@@ -873,7 +872,7 @@ impl LiveStream {
         let (usage, estimated) = self.usage();
         st.router
             .remember_strong_answer(&self.plan, self.meta.tier.as_deref(), self.acc.text());
-        let (cost, saved) = account(&st, self.dep, &self.plan, usage, estimated);
+        let (cost, saved) = account(&st, self.dep, usage);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         self.meta.cost_usd = cost;
         self.meta.saved_usd = saved;
@@ -937,7 +936,7 @@ impl LiveStream {
         st.ledger.per_deployment[self.dep].errors.fetch_add(1, Relaxed);
         // What was generated before the failure was still paid for.
         let (usage, _) = self.usage();
-        let (cost, _) = account(&st, self.dep, &self.plan, usage, true);
+        let (cost, _) = account(&st, self.dep, usage);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, false);
@@ -967,7 +966,7 @@ impl Drop for LiveStream {
         }
         outcome_metric(&st, self.dep, "cancelled");
         let (usage, _) = self.usage();
-        let (cost, _) = account(&st, self.dep, &self.plan, usage, true);
+        let (cost, _) = account(&st, self.dep, usage);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         let spent = (cost, usage, self.started.elapsed());
         crate::request_log::finished_partial(&st, &self.request_id, &self.tenant, &self.meta, 499, spent);

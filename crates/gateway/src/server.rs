@@ -139,6 +139,3 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
-
-/// Used by tests: how long to wait for something that should be quick.
-pub const TEST_PATIENCE: Duration = Duration::from_secs(10);

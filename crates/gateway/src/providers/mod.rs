@@ -84,11 +84,6 @@ impl Provider {
             Provider::Simulated(p) => p.chat_stream(req, target).await,
         }
     }
-
-    /// Whether the provider reports exact usage in streams (otherwise the gateway estimates).
-    pub fn is_simulated(&self) -> bool {
-        matches!(self, Provider::Simulated(_))
-    }
 }
 
 /// The HTTP side shared by every remote provider: a pooled client, base URL, auth headers, timeouts.
