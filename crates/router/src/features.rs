@@ -151,6 +151,63 @@ const QUANTITY_WORDS: &[&str] = &[
     " ratio",
 ];
 
+/// Counts of several marker lists in one pass over the text.
+///
+/// Exactly `markers.iter().map(|m| text.matches(m).count()).sum()` for each list (non-overlapping
+/// occurrences of each marker, counted left to right), but with one Aho-Corasick scan for all lists
+/// instead of one substring search per marker: the per-marker counts keep `str::matches` semantics by
+/// accepting an occurrence only when it starts at or after the end of that marker's previous one.
+struct MarkerSet {
+    ac: aho_corasick::AhoCorasick,
+    /// Pattern index -> list index.
+    list_of: Vec<usize>,
+    lists: usize,
+}
+
+impl MarkerSet {
+    fn new(lists: &[&[&str]]) -> Option<MarkerSet> {
+        let mut patterns = Vec::new();
+        let mut list_of = Vec::new();
+        for (i, list) in lists.iter().enumerate() {
+            for m in *list {
+                patterns.push(*m);
+                list_of.push(i);
+            }
+        }
+        let ac = aho_corasick::AhoCorasick::new(&patterns).ok()?;
+        Some(MarkerSet {
+            ac,
+            list_of,
+            lists: lists.len(),
+        })
+    }
+
+    fn count(&self, text: &str) -> Vec<usize> {
+        let mut counts = vec![0; self.lists];
+        let mut last_end = vec![0usize; self.list_of.len()];
+        for m in self.ac.find_overlapping_iter(text) {
+            let p = m.pattern().as_usize();
+            if m.start() >= last_end[p] {
+                last_end[p] = m.end();
+                counts[self.list_of[p]] += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// (padded lists: negations, quantity words; plain lists: math, code, reasoning, essay)
+fn marker_sets() -> Option<&'static (MarkerSet, MarkerSet)> {
+    static SETS: std::sync::OnceLock<Option<(MarkerSet, MarkerSet)>> = std::sync::OnceLock::new();
+    SETS.get_or_init(|| {
+        Some((
+            MarkerSet::new(&[NEGATIONS, QUANTITY_WORDS])?,
+            MarkerSet::new(&[MATH_MARKERS, CODE_MARKERS, REASONING_MARKERS, ESSAY_MARKERS])?,
+        ))
+    })
+    .as_ref()
+}
+
 fn count_markers(lower: &str, markers: &[&str]) -> usize {
     markers.iter().map(|m| lower.matches(m).count()).sum()
 }
@@ -238,12 +295,20 @@ impl TextStats {
             .filter(|p| p.chars().filter(|c| c.is_alphabetic()).count() > 3)
             .count();
         let lower = text.to_lowercase();
-        s.negations = count_markers(&format!(" {lower} "), NEGATIONS);
-        s.quantity_words = count_markers(&format!(" {lower} "), QUANTITY_WORDS);
-        s.math_markers = count_markers(&lower, MATH_MARKERS);
-        s.code_markers = count_markers(&lower, CODE_MARKERS);
-        s.reasoning_markers = count_markers(&lower, REASONING_MARKERS);
-        s.essay_markers = count_markers(&lower, ESSAY_MARKERS);
+        let padded = format!(" {lower} ");
+        if let Some((padded_set, plain_set)) = marker_sets() {
+            let p = padded_set.count(&padded);
+            let q = plain_set.count(&lower);
+            (s.negations, s.quantity_words) = (p[0], p[1]);
+            (s.math_markers, s.code_markers, s.reasoning_markers, s.essay_markers) = (q[0], q[1], q[2], q[3]);
+        } else {
+            s.negations = count_markers(&padded, NEGATIONS);
+            s.quantity_words = count_markers(&padded, QUANTITY_WORDS);
+            s.math_markers = count_markers(&lower, MATH_MARKERS);
+            s.code_markers = count_markers(&lower, CODE_MARKERS);
+            s.reasoning_markers = count_markers(&lower, REASONING_MARKERS);
+            s.essay_markers = count_markers(&lower, ESSAY_MARKERS);
+        }
         s
     }
 
@@ -530,6 +595,43 @@ fn merge(a: Sparse, b: Sparse) -> Sparse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn one_pass_marker_counts_equal_per_marker_search() {
+        let texts = [
+            "step by step, step by step: prove that 2+2=4 and explain why; write code () {}",
+            "aaaa not never none cannot isn't how many total per each twice",
+            "Essay: discuss, compare and contrast the causes; in conclusion, therefore, thus...",
+            "",
+            "ünïcödé ☃ mixed text with def fn class import return and \\frac{1}{2}",
+        ];
+        let (padded_set, plain_set) = marker_sets().unwrap();
+        for t in texts {
+            let lower = t.to_lowercase();
+            let padded = format!(" {lower} ");
+            let p = padded_set.count(&padded);
+            let q = plain_set.count(&lower);
+            assert_eq!(
+                p,
+                [
+                    count_markers(&padded, NEGATIONS),
+                    count_markers(&padded, QUANTITY_WORDS)
+                ],
+                "{t}"
+            );
+            assert_eq!(
+                q,
+                [
+                    count_markers(&lower, MATH_MARKERS),
+                    count_markers(&lower, CODE_MARKERS),
+                    count_markers(&lower, REASONING_MARKERS),
+                    count_markers(&lower, ESSAY_MARKERS)
+                ],
+                "{t}"
+            );
+        }
+    }
 
     #[test]
     fn stats_count_numbers_options_and_markers() {
