@@ -76,12 +76,6 @@ pub fn to_request(req: &ChatRequest, upstream_model: &str, default_max_tokens: u
             }
         }
     }
-    if turns.is_empty() {
-        return Err(TranslateError::invalid(
-            "messages",
-            "at least one user or assistant message with content is required",
-        ));
-    }
     // Anthropic rejects a final (prefilled) assistant turn that ends in whitespace, and empty text
     // blocks: trim the trailing text, drop blocks that become empty, and the turn if nothing is left.
     if let Some(last) = turns.last_mut()
@@ -101,6 +95,12 @@ pub fn to_request(req: &ChatRequest, upstream_model: &str, default_max_tokens: u
         if last.blocks.is_empty() {
             turns.pop();
         }
+    }
+    if turns.is_empty() {
+        return Err(TranslateError::invalid(
+            "messages",
+            "at least one user or assistant message with content is required",
+        ));
     }
 
     let max_tokens = req.output_cap().unwrap_or(default_max_tokens);
@@ -935,6 +935,24 @@ mod tests {
                 "metadata": {"user_id": "user-42"}
             })
         );
+    }
+
+    #[test]
+    fn whitespace_only_prefill_is_dropped_or_rejected() {
+        let req =
+            |msgs: Value| -> ChatRequest { serde_json::from_value(json!({"model": "m", "messages": msgs})).unwrap() };
+        // Trailing whitespace-only blocks of a final assistant turn are dropped, not sent empty.
+        let v = to_request(
+            &req(json!([{"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": " "}]}])),
+            "c",
+            10,
+        )
+        .unwrap();
+        assert_eq!(v["messages"][1]["content"], json!("a"));
+        // Nothing left to send: a clear error naming the field, not an empty request.
+        let e = to_request(&req(json!([{"role": "assistant", "content": "  "}])), "c", 10).unwrap_err();
+        assert_eq!(e.field(), Some("messages"));
     }
 
     #[test]
