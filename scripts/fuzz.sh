@@ -82,6 +82,8 @@ run_target() {
 
 smoke() {
     local seconds="${FUZZ_SMOKE_SECONDS:-5}" start end t_build failed=() t
+    # Logs and the growing corpora live under fuzz/target even when the build is elsewhere.
+    mkdir -p "$FUZZ_DIR/target"
     ensure_cargo_fuzz
     start=$(date +%s)
     local flags
