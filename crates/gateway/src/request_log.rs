@@ -269,22 +269,13 @@ where
 
 /// The latest `limit` rows, newest first (for tests and tools).
 pub async fn recent(store: &Store, limit: i64) -> Result<Vec<Record>, sqlx::Error> {
-    match store {
-        Store::Sqlite(p) => sqlx::query(SELECT)
-            .bind(limit)
-            .fetch_all(p)
-            .await?
-            .iter()
-            .map(record_of)
-            .collect(),
-        Store::Postgres(p) => sqlx::query(SELECT)
-            .bind(limit)
-            .fetch_all(p)
-            .await?
-            .iter()
-            .map(record_of)
-            .collect(),
-    }
+    crate::store::on_pool!(store, p => sqlx::query(SELECT)
+        .bind(limit)
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(record_of)
+        .collect())
 }
 
 #[cfg(test)]

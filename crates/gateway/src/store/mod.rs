@@ -300,14 +300,16 @@ pub enum Store {
 }
 
 /// Runs the same code on whichever pool this is (each arm is compiled for its own database).
+/// Runs the same sqlx code on whichever pool the store has.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            Store::Sqlite($pool) => $body,
-            Store::Postgres($pool) => $body,
+            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
         }
     };
 }
+pub(crate) use on_pool;
 
 const COLUMNS: &str = "id, name, key_hash, key_prefix, allowed_models, rpm, tpm, max_concurrent, budget_nanos, \
      budget_period, expires_at, metadata, created_at, updated_at, revoked_at, spent_nanos, spend_period_start";

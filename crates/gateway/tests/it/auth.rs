@@ -29,15 +29,7 @@ fn sqlite_url(dir: &tempfile::TempDir) -> String {
 }
 
 async fn create_key(gw: &TestGateway, spec: Value) -> (String, Value) {
-    let r = client()
-        .post(format!("{}/admin/keys", gw.url))
-        .bearer_auth(MASTER)
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: Value = r.json().await.unwrap();
+    let v = admin_create_key(gw, MASTER, spec).await;
     (v["key"].as_str().unwrap().to_owned(), v)
 }
 

@@ -205,3 +205,17 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Creates a virtual key through the admin API with `master`; returns the response body
+/// (`key` is shown this once, `id` names it).
+pub async fn admin_create_key(gw: &TestGateway, master: &str, spec: serde_json::Value) -> serde_json::Value {
+    let r = client()
+        .post(format!("{}/admin/keys", gw.url))
+        .bearer_auth(master)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}

@@ -70,15 +70,7 @@ async fn replicas(n: usize, db: &Db, redis: &Redis, edit: impl Fn(&mut Config)) 
 }
 
 async fn create_key(gw: &TestGateway, spec: Value) -> (String, String) {
-    let r = client()
-        .post(format!("{}/admin/keys", gw.url))
-        .bearer_auth(MASTER)
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: Value = r.json().await.unwrap();
+    let v = admin_create_key(gw, MASTER, spec).await;
     (
         v["key"].as_str().unwrap().to_owned(),
         v["id"].as_str().unwrap().to_owned(),
