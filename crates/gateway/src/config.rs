@@ -302,6 +302,12 @@ pub struct RoutingConfig {
     /// strongest tier when a check on the answer fails (empty, truncated, refusal, invalid JSON, no final
     /// answer to a math question).
     pub cascade: bool,
+    /// Log the learned router's feature inputs (hashed n-grams and dense counts, never prompt text)
+    /// with each `auto` request in the request log, for `optiroute router export` / `router train`.
+    pub log_features: bool,
+    /// Weights file for the `learned` scorer (from `optiroute router train`), read at start; default: the
+    /// weights built into the binary.
+    pub weights: Option<String>,
 }
 
 impl Default for RoutingConfig {
@@ -318,6 +324,8 @@ impl Default for RoutingConfig {
             sticky: true,
             sticky_max_tokens: 64,
             cascade: false,
+            log_features: false,
+            weights: None,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::resilience::breaker::Permit;
 use crate::resilience::retry;
 use crate::routing::{Plan, Target};
 use crate::state::{AppState, SharedState};
-use crate::telemetry::{CacheOp, Decision, EventType, Outcome, Reason, Tokens};
+use crate::telemetry::{CacheOp, Decision, EventType, Outcome, Reason};
 
 /// Per-request options from headers.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +76,9 @@ pub struct Meta {
     pub usage_estimated: bool,
     #[serde(skip)]
     pub usage: Option<Usage>,
+    /// Input for the request log's router features (`[routing] log_features`, `auto` requests).
+    #[serde(skip)]
+    pub features: Option<Arc<crate::request_log::FeatureInput>>,
 }
 
 fn as_usd<S: serde::Serializer>(n: &Nanos, s: S) -> Result<S::Ok, S::Error> {
@@ -295,6 +298,7 @@ fn hit_meta(st: &AppState, hit: &CachedResponse, started: Instant) -> Meta {
         ttft_ms: Some(ms(started.elapsed())),
         usage_estimated: hit.usage_estimated,
         usage: Some(hit.usage),
+        features: None,
     }
 }
 
@@ -330,22 +334,15 @@ fn account_inner(st: &AppState, dep_idx: usize, usage: Usage, claim_saving: bool
         _ => Nanos::ZERO,
     };
     let m = &st.metrics;
-    m.cost_usd.get_or_create(&d.labels).inc_by(cost.as_usd());
+    d.m.cost_usd.inc_by(cost.as_usd());
     if saved.0 > 0 {
         m.saved_usd
             .get_or_create(&Reason { reason: "routing" })
             .inc_by(saved.as_usd());
         st.ledger.saved_routing.fetch_add(saved.0, Relaxed);
     }
-    for (direction, n) in [("input", usage.prompt_tokens), ("output", usage.completion_tokens)] {
-        m.tokens
-            .get_or_create(&Tokens {
-                provider: d.labels.provider.clone(),
-                model: d.labels.model.clone(),
-                direction,
-            })
-            .inc_by(n);
-    }
+    d.m.tokens_in.inc_by(usage.prompt_tokens);
+    d.m.tokens_out.inc_by(usage.completion_tokens);
     let s = &st.ledger.per_deployment[dep_idx];
     s.requests.fetch_add(1, Relaxed);
     s.cost.fetch_add(cost.0, Relaxed);
@@ -368,6 +365,10 @@ fn exact_prompt_tokens(plan: &Plan, req: &ChatRequest) -> u64 {
 
 fn outcome_metric(st: &AppState, dep_idx: usize, outcome: &'static str) {
     let d = &st.deployments[dep_idx];
+    if outcome == "success" {
+        d.m.success.inc();
+        return;
+    }
     st.metrics
         .llm_requests
         .get_or_create(&Outcome {
@@ -476,6 +477,7 @@ pub async fn complete(
         ttft_ms: None,
         usage_estimated: estimated,
         usage: Some(usage),
+        features: plan.features.clone(),
     };
     st.metrics
         .overhead
@@ -530,10 +532,7 @@ async fn call_json(st: &SharedState, plan: &Plan, req: &ChatRequest, deadline: I
     let upstream = served.sent_at.elapsed();
     st.on_transition(d, d.breaker.success(served.permit));
     d.observe_latency(upstream.as_micros() as u64);
-    st.metrics
-        .upstream_duration
-        .get_or_create(&d.labels)
-        .observe(upstream.as_secs_f64());
+    d.m.upstream_duration.observe(upstream.as_secs_f64());
     outcome_metric(st, served.dep, "success");
     let completion = served.value;
     let (usage, estimated) = match completion.usage {
@@ -715,6 +714,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         ttft_ms: None,
         usage_estimated: false,
         usage: None,
+        features: plan.features.clone(),
     };
     let (held, rest) = served.value;
     d.in_flight.fetch_add(1, Relaxed);
@@ -823,7 +823,7 @@ impl LiveStream {
             let t = self.sent_at.elapsed();
             self.ttft = Some(t);
             let d = &self.st.deployments[self.dep];
-            self.st.metrics.ttft.get_or_create(&d.labels).observe(t.as_secs_f64());
+            d.m.ttft.observe(t.as_secs_f64());
         }
         for t in chunk.delta_text() {
             if !t.is_empty() {
@@ -864,10 +864,7 @@ impl LiveStream {
             st.on_transition(d, d.breaker.success(p));
         }
         d.observe_latency(upstream.as_micros() as u64);
-        st.metrics
-            .upstream_duration
-            .get_or_create(&d.labels)
-            .observe(upstream.as_secs_f64());
+        d.m.upstream_duration.observe(upstream.as_secs_f64());
         outcome_metric(&st, self.dep, "success");
         let (usage, estimated) = self.usage();
         st.router

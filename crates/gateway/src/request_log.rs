@@ -6,13 +6,22 @@
 //! One writer task takes rows off the queue in batches (whatever has arrived, up to [`BATCH`]) and
 //! inserts each batch in one statement; a batch the store refuses three times is dropped and counted
 //! too. At shutdown the queue is closed and the writer writes what is left before it stops.
+//!
+//! With `[routing] log_features`, an `auto` request's row also gets the learned scorer's inputs
+//! (`features`, see `optiroute_router::traffic`; never prompt text). They are computed off the
+//! response path: the request hands its conversation to the queue with the row, and the writer
+//! computes the features of a whole batch on a blocking thread before inserting it. Conversations
+//! waiting in the queue are bounded by [`FEATURE_BYTES_MAX`]; beyond it a row is logged without them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use optiroute_router::Conversation;
+use optiroute_router::features::HashConfig;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::QueryBuilder;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::Meta;
 use crate::state::AppState;
@@ -20,6 +29,22 @@ use crate::store::Store;
 
 /// Rows per insert at most.
 pub const BATCH: usize = 256;
+/// Bytes of conversation text waiting in the queue for feature computation, at most.
+pub const FEATURE_BYTES_MAX: usize = 64 << 20;
+
+/// What the writer needs to compute a row's features: the scorer's view of the request and the
+/// n-gram settings of the shipped learned weights.
+#[derive(Debug)]
+pub struct FeatureInput {
+    pub conv: Conversation,
+    pub hash: Arc<HashConfig>,
+}
+
+impl FeatureInput {
+    fn bytes(&self) -> usize {
+        self.conv.messages.iter().map(|m| m.text.len()).sum()
+    }
+}
 
 /// One finished request.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,13 +69,26 @@ pub struct Record {
     pub cost_nanos: u64,
     /// Token counts estimated by the gateway (the upstream reported none).
     pub estimated: bool,
+    /// The router's feature inputs as JSON (`optiroute_router::traffic::LoggedFeatures`), if logged.
+    pub features: Option<String>,
+}
+
+// Rows are nearly every item; boxing them would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Row(Record, Option<Arc<FeatureInput>>),
+    /// Acknowledged once every row queued before it is written (or dropped).
+    Flush(oneshot::Sender<()>),
 }
 
 /// The queue and its writer.
 pub struct RequestLog {
-    tx: Mutex<Option<mpsc::Sender<Record>>>,
+    tx: Mutex<Option<mpsc::Sender<Item>>>,
     dropped: Counter,
     writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    store: Option<Store>,
+    /// Conversation bytes queued for feature computation.
+    feature_bytes: Arc<AtomicUsize>,
 }
 
 fn i64_of(n: u64) -> i64 {
@@ -70,18 +108,28 @@ impl RequestLog {
             tx: Mutex::new(None),
             dropped,
             writer: tokio::sync::Mutex::new(None),
+            store: None,
+            feature_bytes: Arc::default(),
         })
     }
 
     /// Starts the writer on `store` (needs a tokio runtime); it runs until [`RequestLog::close`].
     pub fn start(store: Store, capacity: usize, dropped: Counter) -> Arc<RequestLog> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let task = tokio::spawn(writer(store, rx, dropped.clone()));
+        let feature_bytes = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(writer(store.clone(), rx, dropped.clone(), feature_bytes.clone()));
         Arc::new(RequestLog {
             tx: Mutex::new(Some(tx)),
             dropped,
             writer: tokio::sync::Mutex::new(Some(task)),
+            store: Some(store),
+            feature_bytes,
         })
+    }
+
+    /// The store the log writes to (`None` when the log is disabled).
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref().filter(|_| self.enabled())
     }
 
     pub fn enabled(&self) -> bool {
@@ -90,12 +138,43 @@ impl RequestLog {
 
     /// Offers a row to the queue; never waits. A full queue drops the row (counted).
     pub fn push(&self, rec: Record) {
+        self.push_with(rec, None);
+    }
+
+    /// [`RequestLog::push`] with the input for the row's features, computed by the writer.
+    pub fn push_with(&self, rec: Record, features: Option<Arc<FeatureInput>>) {
         let Ok(tx) = self.tx.lock() else { return };
-        if let Some(tx) = tx.as_ref()
-            && tx.try_send(rec).is_err()
-        {
+        let Some(tx) = tx.as_ref() else { return };
+        let features = features.filter(|f| {
+            let n = f.bytes();
+            let before = self.feature_bytes.fetch_add(n, Ordering::Relaxed);
+            let fits = before.saturating_add(n) <= FEATURE_BYTES_MAX;
+            if !fits {
+                self.feature_bytes.fetch_sub(n, Ordering::Relaxed);
+            }
+            fits
+        });
+        let queued = features.as_ref().map_or(0, |f| f.bytes());
+        if tx.try_send(Item::Row(rec, features)).is_err() {
+            self.feature_bytes.fetch_sub(queued, Ordering::Relaxed);
             self.dropped.inc();
         }
+    }
+
+    /// Waits (at most `within`) until every row queued before this call is written to the store (or
+    /// dropped). False if that did not happen in time or the log is closed.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let tx = match self.tx.lock() {
+            Ok(t) => t.clone(),
+            Err(_) => None,
+        };
+        let Some(tx) = tx else { return false };
+        let (ack, done) = oneshot::channel();
+        tokio::time::timeout(within, async move {
+            tx.send(Item::Flush(ack)).await.is_ok() && done.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Closes the queue and waits (at most `within`) for the writer to store what is left.
@@ -129,22 +208,26 @@ pub fn finished(st: &AppState, request_id: &str, tenant: &str, meta: &Meta, stat
         return;
     }
     let usage = meta.usage.unwrap_or_default();
-    st.request_log.push(Record {
-        at_ms: unix_ms(),
-        request_id: request_id.to_owned(),
-        key_id: tenant.to_owned(),
-        model: meta.model.clone(),
-        deployment: meta.deployment.clone(),
-        tier: meta.tier.clone(),
-        route_reason: meta.route_reason.chars().take(500).collect(),
-        cache: meta.cache.as_str().to_owned(),
-        status,
-        latency_us: (meta.latency_ms * 1000.0).max(0.0) as u64,
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-        cost_nanos: meta.cost_usd.0,
-        estimated: meta.usage_estimated,
-    });
+    st.request_log.push_with(
+        Record {
+            at_ms: unix_ms(),
+            request_id: request_id.to_owned(),
+            key_id: tenant.to_owned(),
+            model: meta.model.clone(),
+            deployment: meta.deployment.clone(),
+            tier: meta.tier.clone(),
+            route_reason: meta.route_reason.chars().take(500).collect(),
+            cache: meta.cache.as_str().to_owned(),
+            status,
+            latency_us: (meta.latency_ms * 1000.0).max(0.0) as u64,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_nanos: meta.cost_usd.0,
+            estimated: meta.usage_estimated,
+            features: None,
+        },
+        meta.features.clone(),
+    );
 }
 
 /// [`finished`] for a stream that ended early: what it had `spent` (cost, usage, time) so far.
@@ -171,9 +254,47 @@ pub fn finished_partial(
     finished(st, request_id, tenant, &m, status);
 }
 
-async fn writer(store: Store, mut rx: mpsc::Receiver<Record>, dropped: Counter) {
-    let mut buf = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut buf, BATCH).await > 0 {
+/// Computes the features of the rows that have an input (on a blocking thread: it is CPU work).
+async fn compute_features(batch: Vec<(Record, Option<Arc<FeatureInput>>)>, bytes: &AtomicUsize) -> Vec<Record> {
+    let queued: usize = batch.iter().filter_map(|(_, f)| f.as_ref()).map(|f| f.bytes()).sum();
+    let out = if batch.iter().all(|(_, f)| f.is_none()) {
+        batch.into_iter().map(|(r, _)| r).collect()
+    } else {
+        let work = move || {
+            batch
+                .into_iter()
+                .map(|(mut r, f)| {
+                    if let Some(f) = f {
+                        r.features =
+                            Some(optiroute_router::traffic::LoggedFeatures::compute(&f.conv, &f.hash).to_json());
+                    }
+                    r
+                })
+                .collect::<Vec<_>>()
+        };
+        tokio::task::spawn_blocking(work).await.unwrap_or_default()
+    };
+    bytes.fetch_sub(queued, Ordering::Relaxed);
+    out
+}
+
+async fn writer(store: Store, mut rx: mpsc::Receiver<Item>, dropped: Counter, feature_bytes: Arc<AtomicUsize>) {
+    let mut items = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut items, BATCH).await > 0 {
+        let mut rows = Vec::with_capacity(items.len());
+        let mut acks = Vec::new();
+        for item in items.drain(..) {
+            match item {
+                Item::Row(r, f) => rows.push((r, f)),
+                Item::Flush(ack) => acks.push(ack),
+            }
+        }
+        let n = rows.len();
+        let buf = compute_features(rows, &feature_bytes).await;
+        if buf.len() < n {
+            // The feature computation failed as a whole (it panicked): the rows are lost.
+            dropped.inc_by((n - buf.len()) as u64);
+        }
         let mut attempt = 0u32;
         loop {
             match insert(&store, &buf).await {
@@ -190,12 +311,14 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Record>, dropped: Counter) 
                 }
             }
         }
-        buf.clear();
+        for ack in acks {
+            let _ = ack.send(());
+        }
     }
 }
 
 const INSERT: &str = "INSERT INTO request_log (at_ms, request_id, key_id, model, deployment, tier, route_reason, \
-     cache_status, status, latency_us, prompt_tokens, completion_tokens, cost_nanos, estimated) ";
+     cache_status, status, latency_us, prompt_tokens, completion_tokens, cost_nanos, estimated, features) ";
 
 macro_rules! build_insert {
     ($db:ty, $rows:expr) => {{
@@ -214,7 +337,8 @@ macro_rules! build_insert {
                 .push_bind(i64_of(r.prompt_tokens))
                 .push_bind(i64_of(r.completion_tokens))
                 .push_bind(i64_of(r.cost_nanos))
-                .push_bind(i64::from(r.estimated));
+                .push_bind(i64::from(r.estimated))
+                .push_bind(r.features.clone());
         });
         q
     }};
@@ -238,7 +362,7 @@ async fn insert(store: &Store, rows: &[Record]) -> Result<(), sqlx::Error> {
 }
 
 const SELECT: &str = "SELECT at_ms, request_id, key_id, model, deployment, tier, route_reason, cache_status, status, \
-     latency_us, prompt_tokens, completion_tokens, cost_nanos, estimated FROM request_log ORDER BY at_ms DESC LIMIT $1";
+     latency_us, prompt_tokens, completion_tokens, cost_nanos, estimated, features FROM request_log ORDER BY at_ms DESC LIMIT $1";
 
 fn record_of<'r, R>(row: &'r R) -> Result<Record, sqlx::Error>
 where
@@ -264,6 +388,7 @@ where
         completion_tokens: u(row.try_get("completion_tokens")?),
         cost_nanos: u(row.try_get("cost_nanos")?),
         estimated: row.try_get::<i64, _>("estimated")? != 0,
+        features: row.try_get("features")?,
     })
 }
 
@@ -303,6 +428,7 @@ mod tests {
             completion_tokens: 4,
             cost_nanos: 9_000 + i,
             estimated: i.is_multiple_of(3),
+            features: None,
         }
     }
 

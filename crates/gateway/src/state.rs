@@ -36,6 +36,8 @@ pub struct Deployment {
     /// Metric labels, built once.
     pub labels: ProviderModel,
     pub dep_label: DeploymentLabel,
+    /// This deployment's hot metric series.
+    pub m: crate::telemetry::DeploymentMetrics,
 }
 
 impl Deployment {
@@ -107,6 +109,10 @@ impl AppState {
                 breaker: Breaker::new(cfg.resilience.breaker.clone(), idx as u64 + 1),
                 in_flight: AtomicU64::new(0),
                 ewma_latency_us: AtomicU64::new(0),
+                m: metrics.for_deployment(&ProviderModel {
+                    provider: d.provider.clone(),
+                    model: d.model.clone(),
+                }),
                 labels: ProviderModel {
                     provider: d.provider.clone(),
                     model: d.model.clone(),

@@ -1,6 +1,7 @@
 //! Scoring latency on a ~2 KB prompt: `cargo bench -p optiroute-router --bench scorer`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use optiroute_router::features::{HashConfig, NumericStats, TextStats, hashed_ngrams};
 use optiroute_router::{Conversation, HeuristicScorer, LearnedScorer, Scorer};
 use std::hint::black_box;
 
@@ -29,6 +30,13 @@ fn bench(c: &mut Criterion) {
         }
     };
     c.bench_function("learned_score_2kb", |b| b.iter(|| learned.score(black_box(&conv))));
+    let text = prompt_2kb();
+    c.bench_function("text_stats_2kb", |b| b.iter(|| TextStats::of(black_box(&text))));
+    c.bench_function("numeric_stats_2kb", |b| b.iter(|| NumericStats::of(black_box(&text))));
+    let hash = HashConfig::default();
+    c.bench_function("hashed_ngrams_2kb", |b| {
+        b.iter(|| hashed_ngrams(black_box(&text), &hash))
+    });
     let heuristic = HeuristicScorer::default();
     c.bench_function("heuristic_score_2kb", |b| b.iter(|| heuristic.score(black_box(&conv))));
     c.bench_function("embedded_weights_load", |b| {

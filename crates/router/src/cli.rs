@@ -7,6 +7,7 @@ use crate::learned::{LearnedScorer, Target, TrainConfig};
 use crate::metrics::Curve;
 use crate::plot::{self, Marker, Series};
 use crate::scorer::{HeuristicScorer, Scorer};
+use crate::traffic;
 use anyhow::{Context, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,24 @@ pub struct TrainArgs {
     /// L2 multiplier for the dense features.
     #[arg(long, default_value_t = 100.0)]
     pub dense_l2_mult: f64,
+    /// L2 multiplier for the numeric-structure dense features.
+    #[arg(long, default_value_t = 10.0)]
+    pub numeric_l2_mult: f64,
+    /// Neighbours for the neighbour-outcome features (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub knn_k: usize,
+    /// Hashed n-grams kept per stored training prompt in the neighbour index.
+    #[arg(long, default_value_t = 48)]
+    pub knn_top: usize,
+    /// L2 multiplier for the neighbour-outcome features.
+    #[arg(long, default_value_t = 1.0)]
+    pub knn_l2_mult: f64,
+    /// Feed the neighbour features to the logistic heads too.
+    #[arg(long)]
+    pub knn_stack: bool,
+    /// Weight of the neighbours' mean label in the score.
+    #[arg(long, default_value_t = 0.0)]
+    pub knn_blend: f32,
     /// What the model predicts.
     #[arg(long, value_enum, default_value_t = TargetArg::TwoHeads)]
     pub target: TargetArg,
@@ -94,6 +113,12 @@ impl TrainArgs {
             },
             l2: self.l2,
             dense_l2_mult: self.dense_l2_mult,
+            numeric_l2_mult: self.numeric_l2_mult,
+            knn_k: self.knn_k,
+            knn_top: self.knn_top,
+            knn_l2_mult: self.knn_l2_mult,
+            knn_stack: self.knn_stack,
+            knn_blend: self.knn_blend,
             max_iters: self.iters,
             target: match self.target {
                 TargetArg::TwoHeads => Target::TwoHeads,
@@ -157,15 +182,53 @@ pub enum RouterCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Train the learned scorer on JSONL files and write its weights.
+    /// Train the learned scorer on JSONL files and write its weights. Files may hold benchmark rows
+    /// (prompt and both models' outcomes) or traffic rows from `router export` (logged features and
+    /// feedback; see ROUTING.md / the README's routing section).
     Train {
         #[arg(long, num_args = 1.., required = true)]
         data: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        /// Traffic rows: the weights the gateway ran (their predictions label the head a row says
+        /// nothing about, and their n-gram settings are used). Default: the embedded weights.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// Traffic rows: weight of each traffic example relative to a benchmark example.
+        #[arg(long, default_value_t = 1.0)]
+        traffic_weight: f32,
         #[command(flatten)]
         train_args: TrainArgs,
     },
+    /// Export the gateway's request log (logged features, tier, outcome, feedback) as JSONL for
+    /// `router train`. Runs in the `optiroute` binary, which has the store.
+    Export(ExportArgs),
+}
+
+/// `optiroute router export` options (carried out by the gateway binary).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ExportArgs {
+    /// Gateway config (TOML): its `[store] database_url` and `[routing] tiers` are used (default:
+    /// `$OPTIROUTE_CONFIG`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Store to read (overrides the config): `sqlite://optiroute.db`, a SQLite file path,
+    /// `postgres://...` or `env:NAME` (default: `$OPTIROUTE_DATABASE_URL`, else the config's).
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Only requests that finished at or after this: a Unix time in seconds, or an age like `7d`,
+    /// `12h`, `30m`.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only rows that carry a label: feedback or a cascade escalation.
+    #[arg(long)]
+    pub labelled: bool,
+    /// The tier that counts as the strong model (default: the last of `[routing] tiers`).
+    #[arg(long)]
+    pub strong_tier: Option<String>,
+    /// Output file (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 fn load_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Row>> {
@@ -305,26 +368,60 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
             }
             out.flush()?;
         }
-        RouterCommand::Train { data, out, train_args } => {
-            let rows = load_all(&data)?;
-            if rows.is_empty() {
-                bail!("no rows in the training files");
+        RouterCommand::Train {
+            data,
+            out,
+            base,
+            traffic_weight,
+            train_args,
+        } => {
+            let mut rows = Vec::new();
+            let mut traffic_rows = Vec::new();
+            for p in &data {
+                if traffic::is_traffic_file(p)? {
+                    traffic_rows.extend(traffic::load_traffic(p)?);
+                } else {
+                    rows.extend(load_rows(p, true)?);
+                }
             }
-            let cfg = train_args.config();
-            let mut model = eval::train_on(&rows, &cfg)?;
+            let mut cfg = train_args.config();
+            let mut precomputed = Vec::new();
+            let mut traffic_report = None;
+            if !traffic_rows.is_empty() {
+                let base_model = learned_from(base.as_deref())?;
+                if base_model.hash_config() != &cfg.hash {
+                    eprintln!(
+                        "note: training with the base weights' n-gram settings ({:?}) so the logged features fit",
+                        base_model.hash_config()
+                    );
+                    cfg.hash = base_model.hash_config().clone();
+                }
+                if cfg.target != Target::TwoHeads {
+                    bail!("traffic rows label the two-head model: use --target two-heads");
+                }
+                let (fx, rep) = traffic::examples(&traffic_rows, &base_model, traffic_weight.max(0.0))?;
+                eprintln!("{rep}");
+                precomputed = fx;
+                traffic_report = Some(rep);
+            }
+            if rows.is_empty() && precomputed.is_empty() {
+                bail!("no usable rows in the training files");
+            }
+            let examples = eval::examples(&rows, &cfg);
+            let mut model = crate::learned::train_with_features(&examples, &precomputed, &cfg)?;
+            let n = examples.len() + precomputed.len();
             model.set_meta(serde_json::json!({
                 "trained_on": data.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()).collect::<Vec<_>>(),
-                "examples": rows.len(),
+                "examples": n,
+                "traffic": traffic_report,
                 "config": cfg,
             }));
             let text = model.to_json()?;
             std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
-            eprintln!(
-                "wrote {} ({} bytes, {} examples)",
-                out.display(),
-                text.len(),
-                rows.len()
-            );
+            eprintln!("wrote {} ({} bytes, {n} examples)", out.display(), text.len());
+        }
+        RouterCommand::Export(_) => {
+            bail!("`router export` reads the gateway's store: run it as `optiroute router export`")
         }
     }
     Ok(())

@@ -4,6 +4,11 @@
 use crate::conversation::{Conversation, Role};
 use serde::{Deserialize, Serialize};
 
+/// Version of the feature definitions ([`TextStats`], [`dense_features`], [`hashed_ngrams`]). Features
+/// logged by the gateway carry it; training refuses logged features of another version. Bump it with
+/// any change that alters the features computed for the same text.
+pub const FEATURE_VERSION: u32 = 2;
+
 /// Longest text (in chars) that n-gram hashing looks at; longer texts keep their head and tail halves.
 pub const MAX_NGRAM_CHARS: usize = 12_000;
 
@@ -351,7 +356,26 @@ pub const DENSE_NAMES: &[&str] = &[
     "ln_sentences",
     "ln_negations",
     "ln_quantity_words",
+    // numeric structure of word problems (see `NumericStats`)
+    "ln_distinct_numbers",
+    "ln_fractions",
+    "ln_percents",
+    "ln_decimals",
+    "ln_money",
+    "ln_big_numbers",
+    "ln_number_words",
+    "ln_clauses",
+    "ln_questions",
+    "ln_time_words",
+    "ln_unit_words",
+    "ln_step_words",
+    "ln_quantities",
+    "ln_max_number",
 ];
+
+/// How many leading [`DENSE_NAMES`] are the general count/signal features; the rest are
+/// [`NumericStats`] (trained with their own L2 multiplier).
+pub const GENERAL_DENSE: usize = 28;
 
 fn ln1(x: usize) -> f32 {
     (x as f32).ln_1p()
@@ -365,7 +389,7 @@ fn frac(a: usize, b: usize) -> f32 {
 pub fn dense_features(conv: &Conversation, stats: &TextStats) -> Vec<f32> {
     let ctx = conv.context_chars();
     let letters = stats.chars.saturating_sub(stats.digits);
-    vec![
+    let mut v = vec![
         ln1(stats.chars),
         ln1(stats.words),
         ln1(ctx),
@@ -394,7 +418,171 @@ pub fn dense_features(conv: &Conversation, stats: &TextStats) -> Vec<f32> {
         ln1(stats.sentences),
         ln1(stats.negations),
         ln1(stats.quantity_words),
-    ]
+    ];
+    let n = NumericStats::of(conv.last_user());
+    v.extend_from_slice(&[
+        ln1(n.distinct_numbers),
+        ln1(n.fractions),
+        ln1(n.percents),
+        ln1(n.decimals),
+        ln1(n.money),
+        ln1(n.big_numbers),
+        ln1(n.number_words),
+        ln1(n.clauses),
+        ln1(n.questions),
+        ln1(n.time_words),
+        ln1(n.unit_words),
+        ln1(n.step_words),
+        ln1(n.distinct_numbers + n.number_words),
+        n.max_number.ln_1p() as f32,
+    ]);
+    v
+}
+
+const NUMBER_WORDS: &[&str] = &[
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "fifteen",
+    "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million", "dozen", "half", "third", "quarter",
+    "twice", "triple", "double",
+];
+/// Matched with or without a plural `s`.
+const TIME_WORDS: &[&str] = &["hour", "minute", "second", "day", "week", "month", "year"];
+const UNIT_WORDS: &[&str] = &[
+    "mile", "km", "meter", "feet", "foot", "inch", "pound", "kg", "gram", "liter", "gallon", "cup", "cent", "dollar",
+];
+/// Words that chain the steps of a word problem.
+const STEP_WORDS: &[&str] = &[
+    "if",
+    "then",
+    "after",
+    "before",
+    "remaining",
+    "left",
+    "rest",
+    "instead",
+    "until",
+    "each",
+    "per",
+    "every",
+];
+
+/// Numeric structure of a text (quantities of a word problem), for the learned scorer only.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NumericStats {
+    /// Numbers (digit runs, with `.`/`,` between digits) with distinct values.
+    pub distinct_numbers: usize,
+    /// `a/b` with digits on both sides.
+    pub fractions: usize,
+    /// `%` signs and the word "percent".
+    pub percents: usize,
+    /// Numbers with a decimal point.
+    pub decimals: usize,
+    /// `$` signs.
+    pub money: usize,
+    /// Numbers >= 100.
+    pub big_numbers: usize,
+    pub number_words: usize,
+    /// Sentence-like pieces: `.`, `?` or `!` followed by whitespace, plus one.
+    pub clauses: usize,
+    /// Pieces ending in `?`.
+    pub questions: usize,
+    pub time_words: usize,
+    pub unit_words: usize,
+    pub step_words: usize,
+    /// Largest number value (0 without numbers).
+    pub max_number: f64,
+}
+
+impl NumericStats {
+    pub fn of(text: &str) -> NumericStats {
+        let mut s = NumericStats::default();
+        let b = text.as_bytes();
+        let mut values: Vec<f64> = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            if c.is_ascii_digit() {
+                let start = i;
+                let mut has_dot = false;
+                while i < b.len() {
+                    if b[i].is_ascii_digit() {
+                        i += 1;
+                    } else if matches!(b[i], b'.' | b',') && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                        has_dot |= b[i] == b'.';
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                let v = parse_number(&b[start..i]);
+                values.push(v);
+                s.decimals += usize::from(has_dot);
+                s.big_numbers += usize::from(v >= 100.0);
+                if b.get(i) == Some(&b'/') && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                    s.fractions += 1;
+                    // the denominator is a number of its own, as in a plain scan
+                }
+                continue;
+            }
+            match c {
+                b'%' => s.percents += 1,
+                b'$' => s.money += 1,
+                b'.' | b'?' | b'!' => {
+                    if b.get(i + 1).is_some_and(u8::is_ascii_whitespace) {
+                        s.clauses += 1;
+                        s.questions += usize::from(c == b'?');
+                    } else if i + 1 == b.len() {
+                        s.questions += usize::from(c == b'?');
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        if !text.trim().is_empty() {
+            s.clauses += 1;
+        }
+        values.sort_by(f64::total_cmp);
+        values.dedup();
+        s.distinct_numbers = values.len();
+        s.max_number = values.last().copied().unwrap_or(0.0).max(0.0);
+        let mut buf = [0u8; 12];
+        for word in text.split(|c: char| !c.is_alphanumeric() && c != '_') {
+            if word.len() < 2 || word.len() > buf.len() || !word.is_ascii() {
+                continue;
+            }
+            let w = &mut buf[..word.len()];
+            w.copy_from_slice(word.as_bytes());
+            w.make_ascii_lowercase();
+            let w = &*w;
+            let stem = w.strip_suffix(b"s").unwrap_or(w);
+            let is = |list: &[&str], x: &[u8]| list.iter().any(|m| m.as_bytes() == x);
+            s.percents += usize::from(w == b"percent");
+            s.number_words += usize::from(is(NUMBER_WORDS, w));
+            s.time_words += usize::from(is(TIME_WORDS, w) || is(TIME_WORDS, stem));
+            s.unit_words += usize::from(is(UNIT_WORDS, w) || is(UNIT_WORDS, stem));
+            s.step_words += usize::from(is(STEP_WORDS, w));
+        }
+        s
+    }
+}
+
+/// The value of a number literal (digits with `.`/`,` between them): commas dropped, then parsed as
+/// `f64`; 0 when that fails (e.g. two decimal points).
+fn parse_number(lit: &[u8]) -> f64 {
+    let mut buf = [0u8; 40];
+    let mut n = 0;
+    for &c in lit.iter().filter(|&&c| c != b',') {
+        if n == buf.len() {
+            let s: String = lit.iter().filter(|&&c| c != b',').map(|&c| c as char).collect();
+            return s.parse().unwrap_or(0.0);
+        }
+        buf[n] = c;
+        n += 1;
+    }
+    std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Which n-grams are hashed, and into how many buckets.
@@ -642,6 +830,31 @@ mod tests {
         assert_eq!(s.lines, 4);
         assert!(s.reasoning_markers >= 2);
         assert_eq!(s.question_marks, 1);
+    }
+
+    #[test]
+    fn numeric_stats_count_quantities() {
+        let n = NumericStats::of(
+            "Tom buys 3 apples at $1.50 each and 12 pears. He eats half. What is 25% of 1,200? Twice 3 is 6/1.",
+        );
+        // 3, 1.50, 12, 25, 1200, 3, 6, 1 -> distinct {1, 1.5, 3, 6, 12, 25, 1200}
+        assert_eq!(n.distinct_numbers, 7);
+        assert_eq!(n.decimals, 1);
+        assert_eq!(n.money, 1);
+        assert_eq!(n.percents, 1);
+        assert_eq!(n.fractions, 1);
+        assert_eq!(n.big_numbers, 1);
+        assert_eq!(n.max_number, 1200.0);
+        assert_eq!(n.number_words, 2);
+        assert_eq!(n.step_words, 1);
+        assert_eq!(n.questions, 1);
+        assert_eq!(n.clauses, 4);
+        assert_eq!(NumericStats::of(""), NumericStats::default());
+        let conv = Conversation::from_prompt("What is 2 + 2?");
+        assert_eq!(
+            dense_features(&conv, &TextStats::of("What is 2 + 2?")).len(),
+            DENSE_NAMES.len()
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! default weights ship inside the crate (`weights/default.json`).
 
 use crate::conversation::Conversation;
-use crate::features::{DENSE_NAMES, HashConfig, Sparse, TextStats, dense_features, hashed_ngrams};
+use crate::features::{DENSE_NAMES, GENERAL_DENSE, HashConfig, Sparse, TextStats, dense_features, hashed_ngrams};
 use crate::scorer::{Scorer, sigmoid};
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,27 @@ pub struct TrainConfig {
     /// Extra L2 multiplier for the dense features. They are few and standardised, but on the
     /// benchmark files they overfit unless shrunk hard (cross-validation picked 100).
     pub dense_l2_mult: f64,
+    /// L2 multiplier for the numeric-structure features (the dense features after
+    /// [`GENERAL_DENSE`]); cross-validation on GSM8K picked 10.
+    #[serde(default = "default_numeric_l2_mult")]
+    pub numeric_l2_mult: f64,
+    /// Neighbour-outcome features: the mean labels of the `knn_k` training prompts most similar to
+    /// the prompt (idf-weighted cosine over the hashed n-grams), plus their mean similarity; 0 = off.
+    /// The index of the training prompts ships with the weights.
+    #[serde(default)]
+    pub knn_k: usize,
+    /// Hashed n-grams kept per stored training prompt (the largest idf-weighted ones).
+    #[serde(default = "default_knn_top")]
+    pub knn_top: usize,
+    /// L2 multiplier for the neighbour-outcome features.
+    #[serde(default = "default_knn_l2_mult")]
+    pub knn_l2_mult: f64,
+    /// Also feed the neighbour features to the logistic heads (else they are only blended).
+    #[serde(default)]
+    pub knn_stack: bool,
+    /// Weight of the neighbours' mean label in the score: `(1 - a) * heads + a * neighbours`.
+    #[serde(default)]
+    pub knn_blend: f32,
     pub max_iters: usize,
     pub target: Target,
     /// Use the dense (count/signal) features.
@@ -93,6 +114,12 @@ impl Default for TrainConfig {
             hash: HashConfig::default(),
             l2: 2.5,
             dense_l2_mult: 100.0,
+            numeric_l2_mult: default_numeric_l2_mult(),
+            knn_k: 0,
+            knn_top: default_knn_top(),
+            knn_l2_mult: default_knn_l2_mult(),
+            knn_stack: false,
+            knn_blend: 0.0,
             max_iters: 150,
             target: Target::TwoHeads,
             dense: true,
@@ -101,11 +128,34 @@ impl Default for TrainConfig {
     }
 }
 
+fn default_numeric_l2_mult() -> f64 {
+    10.0
+}
+
+fn default_knn_top() -> usize {
+    48
+}
+
+fn default_knn_l2_mult() -> f64 {
+    1.0
+}
+
 /// One training example: a conversation and one soft label in [0, 1] per head
 /// (see [`Target::labels`]).
 #[derive(Clone, Debug)]
 pub struct Example {
     pub conv: Conversation,
+    pub labels: Vec<f32>,
+    pub weight: f32,
+}
+
+/// A training example given as precomputed features instead of a conversation (e.g. logged by the
+/// gateway, see [`crate::traffic`]): `sparse` hashed with the training [`HashConfig`], `dense` the raw
+/// (unstandardised) [`dense_features`], one soft label per head.
+#[derive(Clone, Debug)]
+pub struct FeatureExample {
+    pub sparse: Sparse,
+    pub dense: Vec<f32>,
     pub labels: Vec<f32>,
     pub weight: f32,
 }
@@ -128,6 +178,7 @@ pub struct LearnedScorer {
     dense_mean: Vec<f32>,
     dense_std: Vec<f32>,
     heads: Vec<Head>,
+    knn: Option<KnnIndex>,
     meta: serde_json::Value,
 }
 
@@ -150,6 +201,8 @@ struct WeightsFile {
     dense_mean: Vec<f32>,
     dense_std: Vec<f32>,
     heads: Vec<HeadFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    knn: Option<KnnFile>,
     #[serde(default)]
     meta: serde_json::Value,
 }
@@ -165,8 +218,16 @@ impl LearnedScorer {
         if f.format != FORMAT || f.version != 1 {
             return Err(WeightsError::Format(format!("{} v{}", f.format, f.version)));
         }
-        let d = DENSE_NAMES.len();
-        if f.dense_names.iter().map(String::as_str).ne(DENSE_NAMES.iter().copied())
+        let knn = match &f.knn {
+            Some(k) => Some(KnnIndex::from_file(k, f.hash.bits, f.target.heads())?),
+            None => None,
+        };
+        let names = dense_names(knn.as_ref().map_or(0, KnnIndex::n_stacked));
+        let d = names.len();
+        if f.dense_names
+            .iter()
+            .map(String::as_str)
+            .ne(names.iter().map(String::as_str))
             || f.dense_mean.len() != d
             || f.dense_std.len() != d
         {
@@ -213,6 +274,7 @@ impl LearnedScorer {
             dense_mean: f.dense_mean,
             dense_std: f.dense_std,
             heads,
+            knn,
             meta: f.meta,
         })
     }
@@ -239,10 +301,11 @@ impl LearnedScorer {
             version: 1,
             target: self.target,
             hash: self.hash.clone(),
-            dense_names: DENSE_NAMES.iter().map(|s| s.to_string()).collect(),
+            dense_names: dense_names(self.knn.as_ref().map_or(0, KnnIndex::n_stacked)),
             dense_mean: self.dense_mean.clone(),
             dense_std: self.dense_std.clone(),
             heads,
+            knn: self.knn.as_ref().map(KnnIndex::to_file),
             meta: self.meta.clone(),
         };
         Ok(serde_json::to_string(&f)?)
@@ -261,16 +324,39 @@ impl LearnedScorer {
         self.meta = meta;
     }
 
+    /// The n-gram hashing these weights were trained with.
+    pub fn hash_config(&self) -> &HashConfig {
+        &self.hash
+    }
+
     /// The logit of each head (before the sigmoid).
     pub fn logits(&self, conv: &Conversation) -> Vec<f32> {
         let text = conv.last_user();
         let stats = TextStats::of(text);
-        let dense: Vec<f32> = dense_features(conv, &stats)
+        self.logits_from_features(&hashed_ngrams(text, &self.hash), &dense_features(conv, &stats))
+    }
+
+    /// [`LearnedScorer::logits`] from precomputed features: `sparse` hashed with
+    /// [`LearnedScorer::hash_config`], `dense` the raw [`dense_features`]. Buckets outside the hash
+    /// space are ignored.
+    pub fn logits_from_features(&self, sparse: &[(u32, f32)], dense: &[f32]) -> Vec<f32> {
+        let knn = self
+            .knn
+            .as_ref()
+            .filter(|k| k.stacked)
+            .map(|k| k.features(sparse, None))
+            .unwrap_or_default();
+        self.logits_with(sparse, dense, &knn)
+    }
+
+    /// The heads' logits given the neighbour features to stack (empty when not stacked).
+    fn logits_with(&self, sparse: &[(u32, f32)], dense: &[f32], knn: &[f32]) -> Vec<f32> {
+        let dense: Vec<f32> = dense
             .iter()
+            .chain(knn)
             .zip(self.dense_mean.iter().zip(&self.dense_std))
             .map(|(&x, (&m, &s))| standardise(x, m, s))
             .collect();
-        let sparse = hashed_ngrams(text, &self.hash);
         self.heads
             .iter()
             .map(|h| {
@@ -278,8 +364,8 @@ impl LearnedScorer {
                 for (w, x) in h.dense_w.iter().zip(&dense) {
                     z += w * x;
                 }
-                for &(b, v) in &sparse {
-                    z += h.hashed_w[b as usize] * v;
+                for &(b, v) in sparse {
+                    z += h.hashed_w.get(b as usize).copied().unwrap_or(0.0) * v;
                 }
                 z
             })
@@ -292,13 +378,29 @@ impl Scorer for LearnedScorer {
         "learned"
     }
     /// The mean of the heads' probabilities: for `TwoHeads`, `(1 + P(strong ok) - P(weak ok)) / 2`.
+    /// With a neighbour index, blended with the neighbours' mean label (see [`TrainConfig::knn_blend`]).
     fn score(&self, conv: &Conversation) -> f32 {
-        let logits = self.logits(conv);
-        if logits.is_empty() || logits.iter().any(|z| !z.is_finite()) {
-            return 0.5;
-        }
-        logits.iter().map(|&z| sigmoid(z)).sum::<f32>() / logits.len() as f32
+        let text = conv.last_user();
+        let stats = TextStats::of(text);
+        let sparse = hashed_ngrams(text, &self.hash);
+        let dense = dense_features(conv, &stats);
+        let Some(knn) = &self.knn else {
+            return mean_prob(&self.logits_with(&sparse, &dense, &[]));
+        };
+        let f = knn.features(&sparse, None);
+        let stacked: &[f32] = if knn.stacked { &f } else { &[] };
+        let p = mean_prob(&self.logits_with(&sparse, &dense, stacked));
+        let nb = f[..knn.n_heads].iter().sum::<f32>() / knn.n_heads.max(1) as f32;
+        (1.0 - knn.blend) * p + knn.blend * nb
     }
+}
+
+/// Mean of the heads' probabilities; 0.5 when a logit is not finite.
+fn mean_prob(logits: &[f32]) -> f32 {
+    if logits.is_empty() || logits.iter().any(|z| !z.is_finite()) {
+        return 0.5;
+    }
+    logits.iter().map(|&z| sigmoid(z)).sum::<f32>() / logits.len() as f32
 }
 
 fn quantise(w: f32, scale: f32) -> i16 {
@@ -328,7 +430,16 @@ struct Row {
 
 /// Trains a scorer on `examples`. Deterministic: the same examples and config give the same weights.
 pub fn train(examples: &[Example], cfg: &TrainConfig) -> Result<LearnedScorer, TrainError> {
-    if examples.is_empty() {
+    train_with_features(examples, &[], cfg)
+}
+
+/// [`train`] on conversations plus examples given as precomputed features (hashed with `cfg.hash`).
+pub fn train_with_features(
+    examples: &[Example],
+    precomputed: &[FeatureExample],
+    cfg: &TrainConfig,
+) -> Result<LearnedScorer, TrainError> {
+    if examples.is_empty() && precomputed.is_empty() {
         return Err(TrainError::Empty);
     }
     if !(4..=22).contains(&cfg.hash.bits) {
@@ -352,6 +463,41 @@ pub fn train(examples: &[Example], cfg: &TrainConfig) -> Result<LearnedScorer, T
             }
         })
         .collect();
+    for (i, e) in precomputed.iter().enumerate() {
+        if e.dense.len() != d || e.sparse.iter().any(|&(b, _)| b as usize >= dim_h) {
+            return Err(TrainError::Config(format!(
+                "precomputed example {i} does not fit: {} dense features (expected {d}) or buckets beyond 2^{}",
+                e.dense.len(),
+                cfg.hash.bits
+            )));
+        }
+        rows.push(Row {
+            sparse: e.sparse.clone(),
+            dense: e.dense.clone(),
+            labels: e.labels.iter().map(|&l| l.clamp(0.0, 1.0) as f64).collect(),
+            weight: e.weight.max(0.0) as f64,
+        });
+    }
+    let n_heads = cfg.target.heads();
+    if rows.iter().any(|r| r.labels.len() != n_heads) {
+        return Err(TrainError::Config(format!(
+            "examples need {n_heads} labels for {:?}",
+            cfg.target
+        )));
+    }
+    // neighbour-outcome features: each training row's neighbours among the other training rows
+    let knn = if cfg.knn_k > 0 && rows.len() > 1 {
+        let index = KnnIndex::build(&rows, cfg, n_heads);
+        if index.stacked {
+            for (i, r) in rows.iter_mut().enumerate() {
+                r.dense.extend(index.features(&r.sparse, Some(i)));
+            }
+        }
+        Some(index)
+    } else {
+        None
+    };
+    let d = d + knn.as_ref().map_or(0, KnnIndex::n_stacked);
     // standardise dense features
     let wsum: f64 = rows.iter().map(|r| r.weight).sum::<f64>().max(1e-12);
     let mut mean = vec![0.0f64; d];
@@ -383,17 +529,17 @@ pub fn train(examples: &[Example], cfg: &TrainConfig) -> Result<LearnedScorer, T
     let mut l2 = vec![cfg.l2; n_params];
     let l2_mean = cfg.l2 / wsum;
     l2.iter_mut().for_each(|v| *v = l2_mean);
-    for v in &mut l2[dim_h..dim_h + d] {
-        *v = l2_mean * cfg.dense_l2_mult;
+    for (j, v) in l2[dim_h..dim_h + d].iter_mut().enumerate() {
+        let mult = if j < GENERAL_DENSE {
+            cfg.dense_l2_mult
+        } else if j < DENSE_NAMES.len() {
+            cfg.numeric_l2_mult
+        } else {
+            cfg.knn_l2_mult
+        };
+        *v = l2_mean * mult;
     }
     l2[n_params - 1] = 0.0;
-    let n_heads = cfg.target.heads();
-    if rows.iter().any(|r| r.labels.len() != n_heads) {
-        return Err(TrainError::Config(format!(
-            "examples need {n_heads} labels for {:?}",
-            cfg.target
-        )));
-    }
     let mut heads = Vec::with_capacity(n_heads);
     for head in 0..n_heads {
         let objective = |w: &[f64], grad: &mut [f64]| -> f64 {
@@ -455,8 +601,306 @@ pub fn train(examples: &[Example], cfg: &TrainConfig) -> Result<LearnedScorer, T
         dense_mean: mean.iter().map(|&m| m as f32).collect(),
         dense_std: std.iter().map(|&s| s as f32).collect(),
         heads,
-        meta: serde_json::json!({ "examples": examples.len(), "config": cfg }),
+        knn,
+        meta: serde_json::json!({ "examples": examples.len() + precomputed.len(), "config": cfg }),
     })
+}
+
+/// [`DENSE_NAMES`] followed by the names of `knn` neighbour-outcome features.
+fn dense_names(knn: usize) -> Vec<String> {
+    let mut v: Vec<String> = DENSE_NAMES.iter().map(|s| s.to_string()).collect();
+    for i in 0..knn {
+        v.push(if i + 1 == knn {
+            "knn_similarity".to_string()
+        } else {
+            format!("knn_label_{i}")
+        });
+    }
+    v
+}
+
+/// Neighbour outcomes: the training prompts as truncated idf-weighted n-gram vectors, in an inverted
+/// index over hash buckets, with their (smoothed) labels. Everything is stored quantised, and training
+/// uses the quantised index too, so cross-validation measures what ships.
+#[derive(Clone, Debug, PartialEq)]
+struct KnnIndex {
+    k: usize,
+    stacked: bool,
+    blend: f32,
+    top: usize,
+    idf: Vec<f32>,
+    idf_scale: f32,
+    idf_q: Vec<u8>,
+    /// Per document: scale and (bucket, quantised value).
+    docs: Vec<(f32, Vec<(u32, i8)>)>,
+    /// `n_heads` labels per document, quantised to 1/255.
+    labels_q: Vec<u8>,
+    n_heads: usize,
+    /// Postings per bucket (CSR): document and value.
+    start: Vec<u32>,
+    post_doc: Vec<u32>,
+    post_val: Vec<f32>,
+    prior: Vec<f32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KnnFile {
+    k: usize,
+    #[serde(default)]
+    stacked: bool,
+    #[serde(default)]
+    blend: f32,
+    top: usize,
+    n_docs: usize,
+    idf_scale: f32,
+    /// idf per bucket, u8 times `idf_scale`, base64.
+    idf_q8_b64: String,
+    /// Per document: u8 count, f32 scale (LE), then count x (u24 bucket LE, i8 value), base64.
+    docs_b64: String,
+    /// `n_docs x heads` labels, u8 / 255, base64.
+    labels_q8_b64: String,
+}
+
+impl KnnIndex {
+    fn n_features(&self) -> usize {
+        self.n_heads + 1
+    }
+
+    /// Features appended to the dense features of the heads.
+    fn n_stacked(&self) -> usize {
+        if self.stacked { self.n_features() } else { 0 }
+    }
+
+    fn build(rows: &[Row], cfg: &TrainConfig, n_heads: usize) -> KnnIndex {
+        let dim = 1usize << cfg.hash.bits;
+        let n = rows.len();
+        let mut df = vec![0u32; dim];
+        for r in rows {
+            for &(b, _) in &r.sparse {
+                df[b as usize] += 1;
+            }
+        }
+        let idf: Vec<f32> = df
+            .iter()
+            .map(|&c| (((1 + n) as f32) / (1 + c) as f32).ln() + 1.0)
+            .collect();
+        let max_idf = idf.iter().fold(0.0f32, |m, &x| m.max(x));
+        let idf_scale = if max_idf > 0.0 { max_idf / 255.0 } else { 1.0 };
+        let idf_q: Vec<u8> = idf
+            .iter()
+            .map(|&x| (x / idf_scale).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        let top = cfg.knn_top.clamp(1, 255);
+        let mut index = KnnIndex {
+            k: cfg.knn_k,
+            stacked: cfg.knn_stack,
+            blend: cfg.knn_blend.clamp(0.0, 1.0),
+            top,
+            idf: idf_q.iter().map(|&q| q as f32 * idf_scale).collect(),
+            idf_scale,
+            idf_q,
+            docs: Vec::with_capacity(n),
+            labels_q: Vec::with_capacity(n * n_heads),
+            n_heads,
+            start: Vec::new(),
+            post_doc: Vec::new(),
+            post_val: Vec::new(),
+            prior: Vec::new(),
+        };
+        for r in rows {
+            let mut v = index.query_vector(&r.sparse);
+            v.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+            v.truncate(top);
+            let max_abs = v.iter().fold(0.0f32, |m, e| m.max(e.1.abs()));
+            let scale = if max_abs > 0.0 { max_abs / 127.0 } else { 0.0 };
+            let q = v
+                .iter()
+                .map(|&(b, x)| {
+                    (
+                        b,
+                        if scale > 0.0 {
+                            (x / scale).round().clamp(-127.0, 127.0) as i8
+                        } else {
+                            0
+                        },
+                    )
+                })
+                .collect();
+            index.docs.push((scale, q));
+            for &l in &r.labels {
+                index.labels_q.push((l.clamp(0.0, 1.0) * 255.0).round() as u8);
+            }
+        }
+        index.finish(dim);
+        index
+    }
+
+    /// Builds the postings and the label prior from `docs` and `labels_q`.
+    fn finish(&mut self, dim: usize) {
+        let mut count = vec![0u32; dim + 1];
+        for (_, d) in &self.docs {
+            for &(b, _) in d {
+                count[b as usize + 1] += 1;
+            }
+        }
+        for i in 0..dim {
+            count[i + 1] += count[i];
+        }
+        let total = count[dim] as usize;
+        let mut fill = count.clone();
+        self.post_doc = vec![0; total];
+        self.post_val = vec![0.0; total];
+        for (i, (scale, d)) in self.docs.iter().enumerate() {
+            for &(b, q) in d {
+                let p = fill[b as usize] as usize;
+                self.post_doc[p] = i as u32;
+                self.post_val[p] = q as f32 * scale;
+                fill[b as usize] += 1;
+            }
+        }
+        self.start = count;
+        let n = self.docs.len().max(1) as f32;
+        self.prior = (0..self.n_heads)
+            .map(|h| {
+                self.labels_q
+                    .iter()
+                    .skip(h)
+                    .step_by(self.n_heads.max(1))
+                    .map(|&q| q as f32 / 255.0)
+                    .sum::<f32>()
+                    / n
+            })
+            .collect();
+    }
+
+    /// The idf-weighted, L2-normalised version of a hashed vector.
+    fn query_vector(&self, sparse: &[(u32, f32)]) -> Vec<(u32, f32)> {
+        let mut v: Vec<(u32, f32)> = sparse
+            .iter()
+            .filter_map(|&(b, x)| self.idf.get(b as usize).map(|&w| (b, x * w)))
+            .collect();
+        let norm = v.iter().map(|e| e.1 * e.1).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|e| e.1 /= norm);
+        }
+        v
+    }
+
+    /// Similarity-weighted mean labels of the `k` nearest stored prompts (weights `sim^2`), then their
+    /// mean similarity. `exclude` leaves one stored prompt out (training rows).
+    fn features(&self, sparse: &[(u32, f32)], exclude: Option<usize>) -> Vec<f32> {
+        let n = self.docs.len();
+        let mut sims = vec![0.0f32; n];
+        for (b, x) in self.query_vector(sparse) {
+            let b = b as usize;
+            if b + 1 >= self.start.len() {
+                continue;
+            }
+            for p in self.start[b] as usize..self.start[b + 1] as usize {
+                sims[self.post_doc[p] as usize] += x * self.post_val[p];
+            }
+        }
+        let mut cand: Vec<(f32, u32)> = sims
+            .iter()
+            .enumerate()
+            .filter(|&(i, &s)| s > 0.0 && Some(i) != exclude)
+            .map(|(i, &s)| (s, i as u32))
+            .collect();
+        let by_sim = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if cand.len() > self.k && self.k > 0 {
+            cand.select_nth_unstable_by(self.k - 1, by_sim);
+            cand.truncate(self.k);
+        }
+        let mut out = vec![0.0f32; self.n_heads + 1];
+        let wsum: f32 = cand.iter().map(|c| c.0 * c.0).sum();
+        if cand.is_empty() || wsum <= 0.0 {
+            out[..self.n_heads].copy_from_slice(&self.prior);
+            return out;
+        }
+        for &(s, i) in &cand {
+            let w = s * s / wsum;
+            let labels = &self.labels_q[i as usize * self.n_heads..(i as usize + 1) * self.n_heads];
+            for (o, &l) in out.iter_mut().zip(labels) {
+                *o += w * l as f32 / 255.0;
+            }
+        }
+        out[self.n_heads] = cand.iter().map(|c| c.0).sum::<f32>() / self.k.max(1) as f32;
+        out
+    }
+
+    fn to_file(&self) -> KnnFile {
+        let mut docs = Vec::new();
+        for (scale, d) in &self.docs {
+            docs.push(d.len() as u8);
+            docs.extend_from_slice(&scale.to_le_bytes());
+            for &(b, q) in d {
+                docs.extend_from_slice(&b.to_le_bytes()[..3]);
+                docs.push(q as u8);
+            }
+        }
+        KnnFile {
+            k: self.k,
+            stacked: self.stacked,
+            blend: self.blend,
+            top: self.top,
+            n_docs: self.docs.len(),
+            idf_scale: self.idf_scale,
+            idf_q8_b64: base64_encode(&self.idf_q),
+            docs_b64: base64_encode(&docs),
+            labels_q8_b64: base64_encode(&self.labels_q),
+        }
+    }
+
+    fn from_file(f: &KnnFile, bits: u32, n_heads: usize) -> Result<KnnIndex, WeightsError> {
+        let bad = |m: &str| WeightsError::Invalid(format!("knn index: {m}"));
+        let dim = 1usize << bits;
+        let idf_q = base64_decode(&f.idf_q8_b64).ok_or_else(|| bad("idf is not base64"))?;
+        let labels_q = base64_decode(&f.labels_q8_b64).ok_or_else(|| bad("labels are not base64"))?;
+        let raw = base64_decode(&f.docs_b64).ok_or_else(|| bad("documents are not base64"))?;
+        if idf_q.len() != dim || labels_q.len() != f.n_docs * n_heads || f.k == 0 {
+            return Err(bad("sizes do not match"));
+        }
+        let mut docs = Vec::with_capacity(f.n_docs);
+        let mut p = 0usize;
+        while p < raw.len() {
+            let count = raw[p] as usize;
+            let head = raw.get(p + 1..p + 5).ok_or_else(|| bad("truncated document"))?;
+            let scale = f32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            p += 5;
+            let body = raw.get(p..p + 4 * count).ok_or_else(|| bad("truncated document"))?;
+            let mut d = Vec::with_capacity(count);
+            for e in body.chunks_exact(4) {
+                let b = u32::from_le_bytes([e[0], e[1], e[2], 0]);
+                if b as usize >= dim {
+                    return Err(bad("bucket out of range"));
+                }
+                d.push((b, e[3] as i8));
+            }
+            p += 4 * count;
+            docs.push((scale, d));
+        }
+        if docs.len() != f.n_docs {
+            return Err(bad("document count does not match"));
+        }
+        let mut index = KnnIndex {
+            k: f.k,
+            stacked: f.stacked,
+            blend: f.blend.clamp(0.0, 1.0),
+            top: f.top,
+            idf: idf_q.iter().map(|&q| q as f32 * f.idf_scale).collect(),
+            idf_scale: f.idf_scale,
+            idf_q,
+            docs,
+            labels_q,
+            n_heads,
+            start: Vec::new(),
+            post_doc: Vec::new(),
+            post_val: Vec::new(),
+            prior: Vec::new(),
+        };
+        index.finish(dim);
+        Ok(index)
+    }
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -552,7 +996,7 @@ fn lbfgs(n: usize, max_iters: usize, mut f: impl FnMut(&[f64], &mut [f64]) -> f6
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn base64_encode(bytes: &[u8]) -> String {
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
@@ -568,7 +1012,7 @@ fn base64_encode(bytes: &[u8]) -> String {
     out
 }
 
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let clean: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     if !clean.len().is_multiple_of(4) {
         return None;
@@ -667,6 +1111,32 @@ mod tests {
         assert_eq!(back.to_json().unwrap(), json);
         assert!(LearnedScorer::from_json(&json.replace(FORMAT, "other")).is_err());
         assert!(LearnedScorer::from_json("{}").is_err());
+    }
+
+    #[test]
+    fn neighbour_index_round_trips_and_scores() {
+        for (stack, blend) in [(true, 0.0), (false, 0.5), (true, 0.3)] {
+            let cfg = TrainConfig {
+                knn_k: 5,
+                knn_top: 16,
+                knn_stack: stack,
+                knn_blend: blend,
+                ..small_cfg()
+            };
+            let model = train(&toy(40), &cfg).unwrap();
+            assert!(model.knn.is_some());
+            let json = model.to_json().unwrap();
+            let back = LearnedScorer::from_json(&json).unwrap();
+            for ex in toy(10) {
+                assert_eq!(model.score(&ex.conv), back.score(&ex.conv));
+            }
+            assert_eq!(back.to_json().unwrap(), json);
+            let hard = model.score(&Conversation::from_prompt("Compute the integral of x^7 dx over [0, 3]"));
+            let easy = model.score(&Conversation::from_prompt("What is the capital of country number 7?"));
+            assert!(hard > easy, "{stack} {blend}: {hard} {easy}");
+            let empty = model.score(&Conversation::from_prompt(""));
+            assert!((0.0..=1.0).contains(&empty));
+        }
     }
 
     #[test]

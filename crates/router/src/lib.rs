@@ -5,7 +5,8 @@
 //! - [`metrics`]: PGR / APGR / CPT on the quality-vs-strong-share curve; [`eval`]: cross-validation.
 //! - [`ThresholdCalibrator`]: keeps a target strong share on live traffic.
 //! - [`cascade`]: cheap-first answering with checks that decide escalation.
-//! - [`cli`]: the `optiroute router {eval,score,train}` commands.
+//! - [`traffic`]: features the gateway logs for `auto` requests, exported rows, and labels for retraining.
+//! - [`cli`]: the `optiroute router {eval,score,train,export}` commands.
 //!
 //! Nothing here does I/O on the scoring path, and nothing needs an async runtime.
 
@@ -20,6 +21,7 @@ pub mod learned;
 pub mod metrics;
 pub mod plot;
 pub mod scorer;
+pub mod traffic;
 
 pub use calibrate::ThresholdCalibrator;
 pub use cli::{RouterCommand, run};

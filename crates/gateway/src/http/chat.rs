@@ -3,9 +3,9 @@
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use optiroute_protocol::openai::{ChatRequest, Message};
+use optiroute_protocol::openai::{ChatCompletion, ChatRequest, Message};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
@@ -23,6 +23,18 @@ pub fn parse_chat_request(body: &[u8], max_messages: usize) -> Result<ChatReques
     if body.is_empty() {
         return Err(ApiError::bad_request("request body is empty; expected a JSON object"));
     }
+    // Fast path: plain serde. Only a body that fails is parsed again with path tracking, to name the
+    // offending field.
+    let req = match serde_json::from_slice::<ChatRequest>(body) {
+        Ok(req) => req,
+        Err(_) => parse_with_path(body)?,
+    };
+    validate(&req, max_messages)?;
+    Ok(req)
+}
+
+/// The slow path of [`parse_chat_request`]: an error that names the field (`messages[0].role`).
+fn parse_with_path(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let req: ChatRequest = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
@@ -48,7 +60,6 @@ pub fn parse_chat_request(body: &[u8], max_messages: usize) -> Result<ChatReques
             strip_position(&e.to_string())
         ))
     })?;
-    validate(&req, max_messages)?;
     Ok(req)
 }
 
@@ -125,7 +136,7 @@ fn ctx_from(headers: &HeaderMap, id: &RequestId, principal: Option<&Extension<Pr
     RequestCtx {
         request_id: id.0.clone(),
         forced_tier: headers
-            .get("x-optiroute-tier")
+            .get(H_TIER)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty()),
@@ -157,25 +168,37 @@ async fn read_body(st: &SharedState, body: Body) -> Result<bytes::Bytes, ApiErro
     })
 }
 
+// Header names built at compile time (a `&'static str` key is parsed on every insert).
+const H_PROVIDER: HeaderName = HeaderName::from_static("x-optiroute-provider");
+const H_MODEL: HeaderName = HeaderName::from_static("x-optiroute-model");
+const H_DEPLOYMENT: HeaderName = HeaderName::from_static("x-optiroute-deployment");
+const H_TIER: HeaderName = HeaderName::from_static("x-optiroute-tier");
+const H_ROUTE_REASON: HeaderName = HeaderName::from_static("x-optiroute-route-reason");
+const H_CACHE: HeaderName = HeaderName::from_static("x-optiroute-cache");
+const H_COST: HeaderName = HeaderName::from_static("x-optiroute-cost-usd");
+const H_SAVED: HeaderName = HeaderName::from_static("x-optiroute-saved-usd");
+const H_LATENCY: HeaderName = HeaderName::from_static("x-optiroute-latency-ms");
+
 fn set_meta_headers(h: &mut HeaderMap, meta: &Meta, with_cost: bool) {
-    let mut put = |k: &'static str, v: &str| {
+    h.reserve(9);
+    let mut put = |k: HeaderName, v: &str| {
         // Header values come from config names and numbers; anything unprintable is dropped.
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(k, v);
         }
     };
-    put("x-optiroute-provider", &meta.provider);
-    put("x-optiroute-model", &meta.model);
-    put("x-optiroute-deployment", &meta.deployment);
+    put(H_PROVIDER, &meta.provider);
+    put(H_MODEL, &meta.model);
+    put(H_DEPLOYMENT, &meta.deployment);
     if let Some(t) = &meta.tier {
-        put("x-optiroute-tier", t);
+        put(H_TIER, t);
     }
-    put("x-optiroute-route-reason", &meta.route_reason);
-    put("x-optiroute-cache", meta.cache.as_str());
+    put(H_ROUTE_REASON, &meta.route_reason);
+    put(H_CACHE, meta.cache.as_str());
     if with_cost {
-        put("x-optiroute-cost-usd", &meta.cost_usd.to_string());
-        put("x-optiroute-saved-usd", &meta.saved_usd.to_string());
-        put("x-optiroute-latency-ms", &format!("{:.3}", meta.latency_ms));
+        put(H_COST, &meta.cost_usd.to_string());
+        put(H_SAVED, &meta.saved_usd.to_string());
+        put(H_LATENCY, &format!("{:.3}", meta.latency_ms));
     }
 }
 
@@ -237,15 +260,32 @@ pub async fn chat_completions(
             }
         }
     } else {
-        complete_json(&st, &id, &req, &ctx, started, |completion, meta| {
-            let mut v = serde_json::to_value(completion).unwrap_or_default();
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("optiroute".into(), serde_json::to_value(meta).unwrap_or_default());
-            }
-            v
-        })
-        .await
+        complete_json(&st, &id, &req, &ctx, started, render_completion).await
     }
+}
+
+/// The OpenAI completion with the gateway's `optiroute` object added, serialized in one pass (no
+/// intermediate `serde_json::Value`).
+fn render_completion(completion: &ChatCompletion, meta: &Meta) -> serde_json::Result<Vec<u8>> {
+    #[derive(serde::Serialize)]
+    struct WithMeta<'a> {
+        #[serde(flatten)]
+        completion: &'a ChatCompletion,
+        optiroute: &'a Meta,
+    }
+    if completion.extra.contains_key("optiroute") {
+        // The upstream is itself a gateway that added this field: ours replaces it.
+        let mut own = completion.clone();
+        own.extra.remove("optiroute");
+        return serde_json::to_vec(&WithMeta {
+            completion: &own,
+            optiroute: meta,
+        });
+    }
+    serde_json::to_vec(&WithMeta {
+        completion,
+        optiroute: meta,
+    })
 }
 
 /// Runs a non-streaming completion, records it (ledger, log line) and renders the body with `render`.
@@ -255,15 +295,28 @@ async fn complete_json(
     req: &ChatRequest,
     ctx: &RequestCtx,
     started: Instant,
-    render: impl FnOnce(&optiroute_protocol::openai::ChatCompletion, &Meta) -> serde_json::Value,
+    render: impl FnOnce(&ChatCompletion, &Meta) -> serde_json::Result<Vec<u8>>,
 ) -> Response {
     match engine::complete(st, req, ctx).await {
         Ok((completion, meta)) => {
             st.ledger
                 .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
             log_line(id, &req.model, 200, started, Some(&meta), false);
-            let mut resp = axum::Json(render(&completion, &meta)).into_response();
-            set_meta_headers(resp.headers_mut(), &meta, true);
+            let body = match render(&completion, &meta) {
+                Ok(b) => b,
+                Err(e) => {
+                    return ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "api_error",
+                        format!("cannot encode the response: {e}"),
+                    )
+                    .into_response();
+                }
+            };
+            let mut resp = Response::new(Body::from(body));
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            set_meta_headers(h, &meta, true);
             resp
         }
         Err(e) => {
@@ -336,7 +389,7 @@ pub async fn generate(
     let _gauge = GaugeGuard(&st);
     complete_json(&st, &id, &req, &ctx, started, |completion, meta| {
         let text = completion.choices.first().map(|c| c.message.text()).unwrap_or_default();
-        json!({
+        serde_json::to_vec(&json!({
             "response": text,
             "provider": meta.provider,
             "model": meta.model,
@@ -348,7 +401,7 @@ pub async fn generate(
             "saved_usd": meta.saved_usd.as_usd(),
             "latency_ms": meta.latency_ms,
             "usage": meta.usage,
-        })
+        }))
     })
     .await
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod chat;
+mod feedback;
 mod ops;
 
 use std::time::Duration;
@@ -19,6 +20,8 @@ use crate::telemetry::Http;
 
 pub use chat::parse_chat_request;
 
+const X_REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+
 /// The request id of the current request (propagated from `x-request-id` or generated).
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -30,6 +33,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/models", get(chat::list_models))
         .route("/v1/models/{id}", get(chat::get_model))
         .route("/generate", post(chat::generate))
+        .route("/v1/feedback", post(feedback::feedback))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -95,7 +99,7 @@ async fn observe(State(st): State<SharedState>, mut req: Request, next: Next) ->
     let started = Instant::now();
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(valid_request_id)
         .unwrap_or_else(|| format!("req_{:016x}", rand::random::<u64>()));
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -103,6 +107,7 @@ async fn observe(State(st): State<SharedState>, mut req: Request, next: Next) ->
         Some("/v1/chat/completions") => "/v1/chat/completions",
         Some("/v1/models") | Some("/v1/models/{id}") => "/v1/models",
         Some("/generate") => "/generate",
+        Some("/v1/feedback") => "/v1/feedback",
         Some("/health") => "/health",
         Some("/ready") => "/ready",
         Some("/metrics") => "/metrics",
@@ -112,13 +117,22 @@ async fn observe(State(st): State<SharedState>, mut req: Request, next: Next) ->
         Some("/") | Some("/{file}") => "/ui",
         _ => "other",
     };
-    let method = req.method().as_str().to_owned();
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::PUT => "PUT",
+        _ => "other",
+    };
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
-        h.insert("x-request-id", v);
+        h.insert(X_REQUEST_ID, v);
     }
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     let labels = Http {
         method,
         endpoint,

@@ -46,6 +46,8 @@ pub struct Plan {
     /// What the cache key uses to name the target (the requested model, plus a forced tier).
     pub cache_scope: String,
     pub cache_ttl_secs: Option<u64>,
+    /// `auto` with `[routing] log_features`: what the request log computes the router features from.
+    pub features: Option<std::sync::Arc<crate::request_log::FeatureInput>>,
 }
 
 pub struct Router {
@@ -64,6 +66,8 @@ pub struct Router {
     strong_answers: Option<moka::sync::Cache<u64, ()>>,
     sticky_max_tokens: u64,
     pub cascade: bool,
+    /// `[routing] log_features`: the shipped learned weights' n-gram settings, in which features are logged.
+    feature_hash: Option<std::sync::Arc<optiroute_router::features::HashConfig>>,
 }
 
 /// A stable fingerprint of an answer's text (whitespace-trimmed).
@@ -76,6 +80,27 @@ fn fingerprint(text: &str) -> u64 {
 impl Router {
     pub fn new(cfg: &Config, deps: &[Deployment]) -> anyhow::Result<Router> {
         let r = &cfg.routing;
+        // Retrained weights (`router train`) replace the shipped ones: for the scorer, and for the
+        // n-gram settings the request log uses when it logs features.
+        let custom = match &r.weights {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("routing.weights: cannot read `{path}`: {e}"))?;
+                Some(
+                    LearnedScorer::from_json(&text)
+                        .map_err(|e| anyhow::anyhow!("routing.weights: `{path}` is not a weights file: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        let feature_hash = match (r.log_features, &custom) {
+            (false, _) => None,
+            (true, Some(w)) => Some(std::sync::Arc::new(w.hash_config().clone())),
+            (true, None) => Some(std::sync::Arc::new(
+                optiroute_router::traffic::shipped_hash_config()
+                    .map_err(|e| anyhow::anyhow!("routing.log_features: {e}"))?,
+            )),
+        };
         let (scorer, strategy_name): (Box<dyn Scorer>, &'static str) = match r.strategy.as_str() {
             "length" => (
                 Box::new(LengthRule {
@@ -83,10 +108,13 @@ impl Router {
                 }),
                 "length",
             ),
-            "learned" => (
-                Box::new(LearnedScorer::embedded().map_err(|e| anyhow::anyhow!("learned scorer: {e}"))?),
-                "learned",
-            ),
+            "learned" => match custom {
+                Some(w) => (Box::new(w), "learned"),
+                None => (
+                    Box::new(LearnedScorer::embedded().map_err(|e| anyhow::anyhow!("learned scorer: {e}"))?),
+                    "learned",
+                ),
+            },
             _ => (Box::new(HeuristicScorer::default()), "heuristic"),
         };
         let reference = match &r.reference {
@@ -121,6 +149,7 @@ impl Router {
             }),
             sticky_max_tokens: r.sticky_max_tokens,
             cascade: r.cascade,
+            feature_hash,
         })
     }
 
@@ -165,6 +194,11 @@ impl Router {
     }
 
     /// Prompt tokens for routing: approximate, or exact when a context window could be at stake.
+    /// The prompt size (tokens) the router scores a request with.
+    pub fn prompt_tokens_of(&self, req: &ChatRequest) -> u64 {
+        self.prompt_tokens(req).0
+    }
+
     fn prompt_tokens(&self, req: &ChatRequest) -> (u64, bool) {
         let approx = optiroute_protocol::usage::approx_prompt_tokens(req);
         let needed = approx + u64::from(req.output_cap().unwrap_or(0));
@@ -190,10 +224,18 @@ impl Router {
         let need = Needs::of(req, prompt_tokens);
         let model = req.model.as_str();
         if model == "auto" {
-            return self.plan_auto(st, req, forced_tier, need, prompt_tokens).map(|p| Plan {
-                prompt_tokens_exact,
-                ..p
-            });
+            let mut plan = self.plan_auto(st, req, forced_tier, need, prompt_tokens)?;
+            plan.prompt_tokens_exact = prompt_tokens_exact;
+            if let Some(hash) = &self.feature_hash
+                && st.request_log.enabled()
+            {
+                // Only a copy of the conversation here: the request log computes the features.
+                plan.features = Some(std::sync::Arc::new(crate::request_log::FeatureInput {
+                    conv: conversation(req, prompt_tokens),
+                    hash: hash.clone(),
+                }));
+            }
+            return Ok(plan);
         }
         if let Some(&g) = st.group_by_name.get(model) {
             let group = &st.groups[g];
@@ -222,6 +264,7 @@ impl Router {
                 prompt_tokens_exact,
                 cache_scope: format!("group:{model}"),
                 cache_ttl_secs: group.cache_ttl_secs,
+                features: None,
             });
         }
         if let Some(&d) = st.by_name.get(model) {
@@ -240,6 +283,7 @@ impl Router {
                 prompt_tokens_exact,
                 cache_scope: format!("deployment:{model}"),
                 cache_ttl_secs: None,
+                features: None,
             });
         }
         Err(ApiError::model_not_found(model))
@@ -355,6 +399,7 @@ impl Router {
                 None => "auto".to_owned(),
             },
             cache_ttl_secs: None,
+            features: None, // set by `plan`
         })
     }
 }

@@ -13,10 +13,13 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
+pub mod feedback;
+
 /// Schema migrations, applied in order at start; each version once (recorded in `optiroute_migrations`).
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_api_keys.sql")),
     (2, include_str!("../../migrations/0002_request_log.sql")),
+    (3, include_str!("../../migrations/0003_feedback.sql")),
 ];
 
 /// What every virtual key starts with (OpenAI SDKs accept any string).

@@ -44,14 +44,7 @@ async fn miss_then_hit_with_exact_counters_and_ledger() {
     assert!(first_hit["optiroute"]["saved_usd"].as_f64().unwrap() > 0.0);
     assert_eq!(first_hit["optiroute"]["saved_by"], "cache");
 
-    let m = c
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert_eq!(metric(&m, r#"llm_cache_events_total{event_type="miss"}"#), 3.0);
     assert_eq!(metric(&m, r#"llm_cache_events_total{event_type="hit"}"#), 2.0);
     // The mock counts words: prompt = 1 word, reply = "mock reply to: X" = 4 pieces.
@@ -292,14 +285,7 @@ async fn redis_cache_is_shared_and_survives_redis_dying() {
         before + 5,
         "requests still served while Redis is down"
     );
-    let m = client()
-        .get(format!("{}/metrics", a.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = a.metrics().await;
     assert!(
         m.contains("llm_cache_errors_total{backend=\"redis\""),
         "cache errors are counted"

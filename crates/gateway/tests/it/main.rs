@@ -6,6 +6,7 @@ mod common;
 
 mod auth;
 mod cache;
+mod feedback;
 mod providers;
 mod proxy;
 mod resilience;

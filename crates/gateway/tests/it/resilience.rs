@@ -85,14 +85,7 @@ async fn fallback_serves_when_the_primary_fails_or_times_out() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-optiroute-deployment"], "b");
-    let m = client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(m.contains(r#"llm_fallbacks_total{from="a",to="b"} 2"#), "{m}");
     assert!(m.contains(r#"llm_retries_total{deployment="a"} 2"#), "{m}");
 }
@@ -165,14 +158,7 @@ async fn breaker_opens_after_exactly_n_failures_and_then_sends_nothing() {
         .unwrap();
     assert_eq!(b["breakers"][0]["state"], "open");
     assert_eq!(b["breakers"][1]["state"], "closed");
-    let m = client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(m.contains(r#"llm_circuit_breaker_state{deployment="a"} 2"#), "{m}");
     assert!(m.contains(r#"llm_circuit_breaker_transitions_total{deployment="a",to="open"} 1"#));
 }
@@ -438,14 +424,7 @@ async fn auto_routes_easy_to_local_hard_and_constrained_to_cloud() {
     assert!(reason.contains("forced"));
     let (s, _, _) = route(&gw, chat_body("auto", "x"), &[("x-optiroute-tier", "gpu-farm")]).await;
     assert_eq!(s, 400);
-    let m = client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains(r#"llm_routing_decisions_total{tier="local",reason="score_low"} 1"#),
         "{m}"

@@ -92,17 +92,6 @@ async fn chat(gw: &TestGateway, key: &str, text: &str) -> (u16, String) {
     (status, body["error"]["code"].as_str().unwrap_or("").to_owned())
 }
 
-async fn metrics(gw: &TestGateway) -> String {
-    client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Sum of a metric over all its label sets.
 fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -178,7 +167,7 @@ async fn a_60_rpm_key_gets_exactly_60_successes_across_three_replicas() {
         .filter(|r| r.0 == 429 && r.1 == "rate_limit_exceeded")
         .count();
     for gw in gws.iter() {
-        let errors = metric_sum(&metrics(gw).await, "llm_limits_redis_errors_total");
+        let errors = metric_sum(&gw.metrics().await, "llm_limits_redis_errors_total");
         assert_eq!(errors, 0.0, "Redis failed during the test: the fallback applied");
     }
     assert_eq!((ok, limited), (60, 90), "{results:?}");
@@ -278,7 +267,7 @@ async fn a_settle_retried_after_a_lost_reply_is_counted_once() {
         assert_eq!(chat(&gws[0], &key, t).await.0, 200);
     }
     assert!(drained(&gws).await);
-    let m = metrics(&gws[0]).await;
+    let m = gws[0].metrics().await;
     assert!(
         metric_sum(&m, "llm_limits_redis_errors_total{op=\"settle\"}") >= 1.0,
         "no settle failed; the test did not exercise a retry: {m}"
@@ -322,7 +311,7 @@ async fn redis_killed_during_load_every_request_answers_and_limits_recover() {
     let base = answered.load(Ordering::SeqCst);
     assert!(eventually(Duration::from_secs(30), answered_at_least(base + 60)).await);
     for gw in gws.iter() {
-        assert!(metric_sum(&metrics(gw).await, "llm_limits_redis_errors_total") >= 1.0);
+        assert!(metric_sum(&gw.metrics().await, "llm_limits_redis_errors_total") >= 1.0);
     }
     assert!(redis.restart(), "redis did not restart");
     assert!(drained(&gws).await, "the replicas did not reconnect");
@@ -445,7 +434,7 @@ async fn request_log_rows_reach_the_store(pg: bool) {
         );
     }
     for gw in &gws {
-        let m = metrics(gw).await;
+        let m = gw.metrics().await;
         assert!(m.contains("llm_request_log_dropped_total 0"), "{m}");
     }
     drop(gws);
@@ -488,7 +477,7 @@ async fn each_redis_error_policy_applies_when_redis_is_unreachable() {
         statuses.push(chat(&gw, &key, &format!("local {i}")).await.0);
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
-    let m = metrics(&gw).await;
+    let m = gw.metrics().await;
     assert!(metric_sum(&m, "llm_limits_redis_errors_total") >= 1.0, "{m}");
     drop(gw);
     // fail-open: no limits at all.
