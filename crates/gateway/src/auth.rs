@@ -358,22 +358,25 @@ pub fn tenant_of(p: Option<&Principal>) -> (String, Option<Arc<KeyRecord>>) {
     }
 }
 
-/// Whether the request's key may use `model`: its list is empty (all), names the model, or names a
-/// group that contains the requested deployment. Checked before routing, so an unknown model is not
-/// revealed to a key that could not use it anyway.
-pub fn check_model(st: &AppState, ctx: &RequestCtx, model: &str) -> Result<(), ApiError> {
-    let Some(rec) = &ctx.key else { return Ok(()) };
+/// Whether a virtual key may use `model` (see [`check_model`]); also filters `/v1/models`.
+pub fn key_allows(st: &AppState, rec: &KeyRecord, model: &str) -> bool {
     if rec.models.is_empty() || rec.models.iter().any(|m| m == model) {
-        return Ok(());
+        return true;
     }
-    let in_allowed_group = st.by_name.get(model).is_some_and(|&dep| {
+    st.by_name.get(model).is_some_and(|&dep| {
         rec.models.iter().any(|m| {
             st.group_by_name
                 .get(m)
                 .is_some_and(|&g| st.groups[g].deployments.contains(&dep))
         })
-    });
-    if in_allowed_group {
+    })
+}
+
+/// Whether the request's key may use `model`: its list is empty (all), names the model, or names a
+/// group that contains the requested deployment. Checked before routing, so an unknown model is not
+/// revealed to a key that could not use it anyway.
+pub fn check_model(st: &AppState, ctx: &RequestCtx, model: &str) -> Result<(), ApiError> {
+    if ctx.key.as_ref().is_none_or(|rec| key_allows(st, rec, model)) {
         return Ok(());
     }
     let mut e = forbidden(

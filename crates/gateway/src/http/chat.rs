@@ -406,13 +406,30 @@ pub async fn generate(
     .await
 }
 
-pub async fn list_models(State(st): State<SharedState>) -> Response {
-    let data: Vec<_> = st.model_names().into_iter().map(|n| model_json(&st, n)).collect();
+/// Whether the caller may see `model`: everyone without auth and the master key; a virtual key only
+/// the models it may use.
+fn visible(st: &SharedState, principal: Option<&Extension<Principal>>, model: &str) -> bool {
+    let (_, key) = crate::auth::tenant_of(principal.map(|p| &p.0));
+    key.is_none_or(|rec| crate::auth::key_allows(st, &rec, model))
+}
+
+pub async fn list_models(State(st): State<SharedState>, principal: Option<Extension<Principal>>) -> Response {
+    let data: Vec<_> = st
+        .model_names()
+        .into_iter()
+        .filter(|n| visible(&st, principal.as_ref(), n))
+        .map(|n| model_json(&st, n))
+        .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-pub async fn get_model(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
-    if st.model_names().contains(&id.as_str()) {
+pub async fn get_model(
+    State(st): State<SharedState>,
+    principal: Option<Extension<Principal>>,
+    Path(id): Path<String>,
+) -> Response {
+    // A model the key may not use is "not found", as if it did not exist.
+    if st.model_names().contains(&id.as_str()) && visible(&st, principal.as_ref(), &id) {
         axum::Json(model_json(&st, &id)).into_response()
     } else {
         ApiError::model_not_found(&id).into_response()

@@ -143,7 +143,26 @@ async fn auth_matrix_gives_exact_statuses() {
     }
     // Models need a key; health, readiness and (unprotected) metrics do not.
     assert_eq!(get(&gw, "/v1/models", None).await.0, 401);
-    assert_eq!(get(&gw, "/v1/models", Some(&good)).await.0, 200);
+    let ids = |body: &str| -> Vec<String> {
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // A key lists (and finds) only the models it may use; the master key sees them all.
+    let (s, listed) = get(&gw, "/v1/models", Some(&good)).await;
+    assert_eq!((s, ids(&listed)), (200, vec!["local".to_owned()]), "{listed}");
+    let all = ids(&get(&gw, "/v1/models", Some(MASTER)).await.1);
+    assert!(
+        ["auto", "local", "cloud"].iter().all(|m| all.contains(&m.to_string())),
+        "{all:?}"
+    );
+    assert_eq!(get(&gw, "/v1/models/local", Some(&good)).await.0, 200);
+    assert_eq!(get(&gw, "/v1/models/cloud", Some(&good)).await.0, 404);
+    assert_eq!(get(&gw, "/v1/models/cloud", Some(MASTER)).await.0, 200);
     assert_eq!(get(&gw, "/health", None).await.0, 200);
     assert_eq!(get(&gw, "/ready", None).await.0, 200);
     let (s, metrics) = get(&gw, "/metrics", None).await;
