@@ -159,62 +159,145 @@ const QUANTITY_WORDS: &[&str] = &[
 /// Counts of several marker lists in one pass over the text.
 ///
 /// Exactly `markers.iter().map(|m| text.matches(m).count()).sum()` for each list (non-overlapping
-/// occurrences of each marker, counted left to right), but with one Aho-Corasick scan for all lists
-/// instead of one substring search per marker: the per-marker counts keep `str::matches` semantics by
-/// accepting an occurrence only when it starts at or after the end of that marker's previous one.
+/// occurrences of each marker, counted left to right), but with one Aho-Corasick scan (a DFA) for all
+/// lists instead of one substring search per marker: the per-marker counts keep `str::matches`
+/// semantics by accepting an occurrence only when it starts at or after the end of that marker's
+/// previous one.
+///
+/// The scan runs over the lowercased text padded with one space on each side. The "padded" lists
+/// (whole-word markers such as `" not "`) count every occurrence there; the "plain" lists count only
+/// occurrences that do not touch the padding, which are exactly their occurrences in the unpadded text.
 struct MarkerSet {
     ac: aho_corasick::AhoCorasick,
     /// Pattern index -> list index.
     list_of: Vec<usize>,
     lists: usize,
+    /// Lists from this index on are plain (see above).
+    plain_from: usize,
 }
 
 impl MarkerSet {
-    fn new(lists: &[&[&str]]) -> Option<MarkerSet> {
+    fn new(padded: &[&[&str]], plain: &[&[&str]]) -> Option<MarkerSet> {
         let mut patterns = Vec::new();
         let mut list_of = Vec::new();
-        for (i, list) in lists.iter().enumerate() {
+        for (i, list) in padded.iter().chain(plain).enumerate() {
             for m in *list {
                 patterns.push(*m);
                 list_of.push(i);
             }
         }
-        let ac = aho_corasick::AhoCorasick::new(&patterns).ok()?;
+        let ac = aho_corasick::AhoCorasick::builder()
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(&patterns)
+            .ok()?;
         Some(MarkerSet {
             ac,
             list_of,
-            lists: lists.len(),
+            lists: padded.len() + plain.len(),
+            plain_from: padded.len(),
         })
     }
 
-    fn count(&self, text: &str) -> Vec<usize> {
+    /// Counts per list in `padded` (the lowercased text with one space on each side).
+    fn count(&self, padded: &str) -> Vec<usize> {
         let mut counts = vec![0; self.lists];
         let mut last_end = vec![0usize; self.list_of.len()];
-        for m in self.ac.find_overlapping_iter(text) {
+        let len = padded.len();
+        for m in self.ac.find_overlapping_iter(padded) {
             let p = m.pattern().as_usize();
+            let list = self.list_of[p];
+            if list >= self.plain_from && (m.start() == 0 || m.end() == len) {
+                continue;
+            }
             if m.start() >= last_end[p] {
                 last_end[p] = m.end();
-                counts[self.list_of[p]] += 1;
+                counts[list] += 1;
             }
         }
         counts
     }
 }
 
-/// (padded lists: negations, quantity words; plain lists: math, code, reasoning, essay)
-fn marker_sets() -> Option<&'static (MarkerSet, MarkerSet)> {
-    static SETS: std::sync::OnceLock<Option<(MarkerSet, MarkerSet)>> = std::sync::OnceLock::new();
-    SETS.get_or_init(|| {
-        Some((
-            MarkerSet::new(&[NEGATIONS, QUANTITY_WORDS])?,
-            MarkerSet::new(&[MATH_MARKERS, CODE_MARKERS, REASONING_MARKERS, ESSAY_MARKERS])?,
-        ))
+/// Padded lists: negations, quantity words; plain lists: math, code, reasoning, essay.
+fn marker_set() -> Option<&'static MarkerSet> {
+    static SET: std::sync::OnceLock<Option<MarkerSet>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        MarkerSet::new(
+            &[NEGATIONS, QUANTITY_WORDS],
+            &[MATH_MARKERS, CODE_MARKERS, REASONING_MARKERS, ESSAY_MARKERS],
+        )
     })
     .as_ref()
 }
 
 fn count_markers(lower: &str, markers: &[&str]) -> usize {
     markers.iter().map(|m| lower.matches(m).count()).sum()
+}
+
+// Character classes for [`TextStats::of`]: a table for ASCII, Unicode properties beyond.
+const DIGIT: u8 = 1;
+const UPPER: u8 = 2;
+const ALNUM: u8 = 4;
+const ALPHA: u8 = 8;
+const MATH: u8 = 16;
+const CODE: u8 = 32;
+const SENTENCE_END: u8 = 64;
+
+const fn ascii_class(b: u8) -> u8 {
+    let mut class = 0;
+    if b.is_ascii_digit() {
+        class |= DIGIT;
+    }
+    if b.is_ascii_uppercase() {
+        class |= UPPER;
+    }
+    if b.is_ascii_alphanumeric() {
+        class |= ALNUM;
+    }
+    if b.is_ascii_alphabetic() {
+        class |= ALPHA;
+    }
+    if matches!(b, b'=' | b'+' | b'*' | b'/' | b'<' | b'>' | b'^') {
+        class |= MATH;
+    }
+    if matches!(
+        b,
+        b'{' | b'}' | b';' | b'[' | b']' | b'(' | b')' | b'_' | b'|' | b'&' | b'$'
+    ) {
+        class |= CODE;
+    }
+    if matches!(b, b'.' | b'?' | b'!') {
+        class |= SENTENCE_END;
+    }
+    class
+}
+
+const ASCII_CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        t[i] = ascii_class(i as u8);
+        i += 1;
+    }
+    t
+};
+
+fn class_of(c: char) -> u8 {
+    // (digits are ASCII digits only, and the code symbols are all ASCII)
+    let mut class = 0;
+    if c.is_uppercase() {
+        class |= UPPER;
+    }
+    if c.is_alphanumeric() {
+        class |= ALNUM;
+    }
+    if c.is_alphabetic() {
+        class |= ALPHA;
+    }
+    if matches!(c, '√' | '∑' | '∫' | '≤' | '≥' | '±' | '×' | '÷') {
+        class |= MATH;
+    }
+    class
 }
 
 impl TextStats {
@@ -225,15 +308,42 @@ impl TextStats {
         let mut line_start = true;
         let mut line_prefix: [char; 2] = [' ', ' '];
         let mut line_pos = 0usize;
+        // Alphabetic characters since the last `.`, `?` or `!` (a sentence needs more than three).
+        let mut sentence_alpha = 0usize;
+        // The lowercased text between two spaces, built in the same pass (the marker scans need both
+        // the padded and the plain form; `lower` below is a slice of this). ASCII text, the common
+        // case, is lowercased in bulk.
+        let ascii = text.is_ascii();
+        let mut padded = String::with_capacity(text.len() + 2);
+        padded.push(' ');
+        if ascii {
+            padded.push_str(text);
+            padded.make_ascii_lowercase();
+        }
         for c in text.chars() {
+            let class = if c.is_ascii() {
+                ASCII_CLASS[c as usize]
+            } else {
+                padded.extend(c.to_lowercase());
+                s.non_ascii += 1;
+                class_of(c)
+            };
+            if !ascii && c.is_ascii() {
+                padded.push(c.to_ascii_lowercase());
+            }
+            if class & SENTENCE_END != 0 {
+                if sentence_alpha > 3 {
+                    s.sentences += 1;
+                }
+                sentence_alpha = 0;
+            } else if class & ALPHA != 0 {
+                sentence_alpha += 1;
+            }
             s.chars += 1;
-            if c.is_uppercase() {
+            if class & UPPER != 0 {
                 s.uppercase += 1;
             }
-            if !c.is_ascii() {
-                s.non_ascii += 1;
-            }
-            if c.is_ascii_digit() {
+            if class & DIGIT != 0 {
                 s.digits += 1;
                 num_len += 1;
             } else if num_len > 0 && !(c == '.' || c == ',') {
@@ -241,7 +351,7 @@ impl TextStats {
                 s.longest_number = s.longest_number.max(num_len);
                 num_len = 0;
             }
-            if c.is_alphanumeric() {
+            if class & ALNUM != 0 {
                 if !in_word {
                     s.words += 1;
                     in_word = true;
@@ -249,13 +359,12 @@ impl TextStats {
             } else {
                 in_word = false;
             }
-            match c {
-                '?' => s.question_marks += 1,
-                '=' | '+' | '*' | '/' | '<' | '>' | '^' | '√' | '∑' | '∫' | '≤' | '≥' | '±' | '×' | '÷' => {
-                    s.math_symbols += 1
-                }
-                '{' | '}' | ';' | '[' | ']' | '(' | ')' | '_' | '|' | '&' | '$' => s.code_symbols += 1,
-                _ => {}
+            if c == '?' {
+                s.question_marks += 1;
+            } else if class & MATH != 0 {
+                s.math_symbols += 1;
+            } else if class & CODE != 0 {
+                s.code_symbols += 1;
             }
             if c == '\n' {
                 s.lines += 1;
@@ -295,24 +404,22 @@ impl TextStats {
                 }
             }
         }
-        s.sentences = text
-            .split(['.', '?', '!'])
-            .filter(|p| p.chars().filter(|c| c.is_alphabetic()).count() > 3)
-            .count();
-        let lower = text.to_lowercase();
-        let padded = format!(" {lower} ");
-        if let Some((padded_set, plain_set)) = marker_sets() {
-            let p = padded_set.count(&padded);
-            let q = plain_set.count(&lower);
-            (s.negations, s.quantity_words) = (p[0], p[1]);
-            (s.math_markers, s.code_markers, s.reasoning_markers, s.essay_markers) = (q[0], q[1], q[2], q[3]);
+        if sentence_alpha > 3 {
+            s.sentences += 1;
+        }
+        padded.push(' ');
+        let lower = &padded[1..padded.len() - 1];
+        if let Some(set) = marker_set() {
+            let c = set.count(&padded);
+            (s.negations, s.quantity_words) = (c[0], c[1]);
+            (s.math_markers, s.code_markers, s.reasoning_markers, s.essay_markers) = (c[2], c[3], c[4], c[5]);
         } else {
             s.negations = count_markers(&padded, NEGATIONS);
             s.quantity_words = count_markers(&padded, QUANTITY_WORDS);
-            s.math_markers = count_markers(&lower, MATH_MARKERS);
-            s.code_markers = count_markers(&lower, CODE_MARKERS);
-            s.reasoning_markers = count_markers(&lower, REASONING_MARKERS);
-            s.essay_markers = count_markers(&lower, ESSAY_MARKERS);
+            s.math_markers = count_markers(lower, MATH_MARKERS);
+            s.code_markers = count_markers(lower, CODE_MARKERS);
+            s.reasoning_markers = count_markers(lower, REASONING_MARKERS);
+            s.essay_markers = count_markers(lower, ESSAY_MARKERS);
         }
         s
     }
@@ -794,30 +901,56 @@ mod tests {
             "",
             "ünïcödé ☃ mixed text with def fn class import return and \\frac{1}{2}",
         ];
-        let (padded_set, plain_set) = marker_sets().unwrap();
-        for t in texts {
+        // Markers at the very start and end (where the padding is), repeated and overlapping ones.
+        let mut texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        for list in [
+            NEGATIONS,
+            QUANTITY_WORDS,
+            MATH_MARKERS,
+            CODE_MARKERS,
+            REASONING_MARKERS,
+            ESSAY_MARKERS,
+        ] {
+            for m in list {
+                texts.push(m.to_string());
+                texts.push(format!("{m}{m}x{m}"));
+                texts.push(m.trim().to_string());
+                texts.push(format!("{} and {}", m.trim(), m.trim()));
+            }
+        }
+        let set = marker_set().unwrap();
+        for t in &texts {
             let lower = t.to_lowercase();
             let padded = format!(" {lower} ");
-            let p = padded_set.count(&padded);
-            let q = plain_set.count(&lower);
             assert_eq!(
-                p,
+                set.count(&padded),
                 [
                     count_markers(&padded, NEGATIONS),
-                    count_markers(&padded, QUANTITY_WORDS)
-                ],
-                "{t}"
-            );
-            assert_eq!(
-                q,
-                [
+                    count_markers(&padded, QUANTITY_WORDS),
                     count_markers(&lower, MATH_MARKERS),
                     count_markers(&lower, CODE_MARKERS),
                     count_markers(&lower, REASONING_MARKERS),
                     count_markers(&lower, ESSAY_MARKERS)
                 ],
-                "{t}"
+                "{t:?}"
             );
+            // TextStats builds its lowercase text itself, in the same pass.
+            let st = TextStats::of(t);
+            assert_eq!(
+                (st.negations, st.quantity_words, st.math_markers, st.code_markers),
+                (
+                    count_markers(&padded, NEGATIONS),
+                    count_markers(&padded, QUANTITY_WORDS),
+                    count_markers(&lower, MATH_MARKERS),
+                    count_markers(&lower, CODE_MARKERS)
+                ),
+                "{t:?}"
+            );
+            let sentences = t
+                .split(['.', '?', '!'])
+                .filter(|p| p.chars().filter(|c| c.is_alphabetic()).count() > 3)
+                .count();
+            assert_eq!(st.sentences, sentences, "{t:?}");
         }
     }
 
