@@ -33,20 +33,21 @@ let baseUrl = '';
 let context = null;
 let userDataDir = '';
 
-function startGateway() {
+// Spawns `optiroute serve` (demo mode) and resolves with { child, url, log } once it listens.
+function spawnGateway(extraEnv = {}, cwd = REPO) {
   const bin = path.resolve(REPO, process.env.OPTIROUTE_BIN || 'target/debug/optiroute');
   if (!fs.existsSync(bin)) {
     throw new Error(`gateway binary not found at ${bin} (build it, or set OPTIROUTE_BIN / OPTIROUTE_URL)`);
   }
   const child = spawn(bin, ['serve', '--host', '127.0.0.1', '--port', '0'], {
-    cwd: REPO,
+    cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1' },
+    env: { ...process.env, NO_COLOR: '1', ...extraEnv },
   });
-  gateway = child;
+  const log = [];
   const keep = (line) => {
-    gatewayLog.push(line);
-    if (gatewayLog.length > 200) gatewayLog.shift();
+    log.push(line);
+    if (log.length > 200) log.shift();
   };
   createInterface({ input: child.stderr }).on('line', keep);
   const stdout = createInterface({ input: child.stdout });
@@ -54,7 +55,7 @@ function startGateway() {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       reject(new Error(`gateway did not print OPTIROUTE_LISTENING within ${STARTUP_TIMEOUT_MS} ms\n` +
-        gatewayLog.join('\n')));
+        log.join('\n')));
     }, STARTUP_TIMEOUT_MS);
     // Keep draining stdout for the whole run so the gateway never blocks on a full pipe.
     stdout.on('line', (line) => {
@@ -62,26 +63,37 @@ function startGateway() {
       const m = /^OPTIROUTE_LISTENING\s+(https?:\/\/\S+)/.exec(line.trim());
       if (m) {
         clearTimeout(timer);
-        resolve(m[1].replace(/\/+$/, ''));
+        resolve({ child, url: m[1].replace(/\/+$/, ''), log });
       }
     });
     child.once('error', (err) => { clearTimeout(timer); reject(err); });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      reject(new Error(`gateway exited early (code ${code}, signal ${signal})\n${gatewayLog.join('\n')}`));
+      reject(new Error(`gateway exited early (code ${code}, signal ${signal})\n${log.join('\n')}`));
     });
   });
 }
 
-async function stopGateway() {
-  const child = gateway;
-  gateway = null;
+async function startGateway() {
+  const g = await spawnGateway();
+  gateway = g.child;
+  gatewayLog = g.log;
+  return g.url;
+}
+
+async function killGateway(child) {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   const exited = once(child, 'exit');
   child.kill('SIGTERM');
   const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
   await exited;
   clearTimeout(timer);
+}
+
+async function stopGateway() {
+  const child = gateway;
+  gateway = null;
+  await killGateway(child);
 }
 
 // Every console error and page error fails the test that was running when it happened,
@@ -404,6 +416,60 @@ test('a gateway error is shown in place with its message', async (t) => {
   assert.equal(await page.getByTestId('send-button').isEnabled(), true);
   watch.assertClean();
   await page.close();
+});
+
+test('with auth on, the key field sends the key (kept in this tab only)', async (t) => {
+  if (process.env.OPTIROUTE_URL) {
+    t.skip('needs a gateway of its own (unset OPTIROUTE_URL)');
+    return;
+  }
+  const master = 'sk-e2e-master-0123456789abcdef0123';
+  // Its own gateway, with auth on (a master key) and its key store in a scratch directory.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'optiroute-e2e-auth-'));
+  const g = await spawnGateway({ OPTIROUTE_MASTER_KEY: master }, dir);
+  try {
+    const page = await newPage({ width: 1280, height: 800 });
+    const watch = watchPage(page);
+    // Chromium logs every 4xx fetch as a console error; the 401s before the key is set are deliberate.
+    watch.allow(/Failed to load resource: the server responded with a status of 401/);
+    const res = await page.goto(g.url + '/', { waitUntil: 'load' });
+    assert.ok(res && res.ok(), 'the page itself needs no key');
+    await page.waitForSelector('[data-testid="stats-status"][data-updated]');
+
+    // Without a key the gateway refuses, and the page says why, in place.
+    const refused = await ask(page, 'hello without a key');
+    assert.equal(await refused.getAttribute('data-state'), 'error');
+    const err = (await refused.getByTestId('message-error').textContent()).trim();
+    assert.ok(/API key/i.test(err), `the gateway's reason is shown: "${err}"`);
+    assert.equal(await page.evaluate(() => document.activeElement && document.activeElement.id), 'api-key',
+      'the key field has the focus after a 401');
+
+    // With the key: the model list loads and a chat is answered.
+    const input = page.getByTestId('api-key-input');
+    await input.fill(master);
+    await input.dispatchEvent('change');
+    await page.waitForSelector('[data-testid="model-select"][data-loaded="true"]');
+    const answered = await ask(page, 'hello with a key');
+    assert.equal(await answered.getAttribute('data-state'), 'done');
+    assert.ok((await answered.getByTestId('message-content').textContent()).trim().length > 0);
+
+    // The key lives in this tab's sessionStorage, never in localStorage.
+    const stored = await page.evaluate(() => ({
+      session: sessionStorage.getItem('optiroute.apiKey'),
+      local: Object.keys(localStorage).map((k) => localStorage.getItem(k)).join(' '),
+    }));
+    assert.equal(stored.session, master);
+    assert.ok(!stored.local.includes(master), 'the key is not in localStorage');
+    // A reload keeps it for this tab.
+    await page.reload({ waitUntil: 'load' });
+    await page.waitForSelector('[data-testid="model-select"][data-loaded="true"]');
+    assert.equal(await page.getByTestId('api-key-input').inputValue(), master);
+    watch.assertClean();
+    await page.close();
+  } finally {
+    await killGateway(g.child);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('an error event in the middle of a stream is shown under the partial reply', async () => {

@@ -784,6 +784,14 @@ impl Config {
         if !(0.0..=1.0).contains(&r.threshold) {
             return Err(bad("routing.threshold".into(), "must be between 0 and 1".into()));
         }
+        if let Some(path) = &r.weights
+            && !std::path::Path::new(path).is_file()
+        {
+            return Err(bad(
+                "routing.weights".into(),
+                format!("`{path}` is not a readable file (a weights file from `optiroute router train`)"),
+            ));
+        }
         if let Some(reference) = &r.reference
             && !dep_names.contains(reference.as_str())
         {
@@ -1042,6 +1050,13 @@ mod tests {
         let e = c.validate("x.toml").unwrap_err().to_string();
         assert!(
             e.contains("x.toml") && e.contains("deployments[0].provider") && e.contains("nope"),
+            "{e}"
+        );
+        let mut c = Config::test_default();
+        c.routing.weights = Some("/nonexistent/weights.json".into());
+        let e = c.validate("x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("routing.weights") && e.contains("/nonexistent/weights.json"),
             "{e}"
         );
     }

@@ -220,6 +220,17 @@
 
   const ui = {};
   const history = []; // {role, content}
+  // The gateway key, when auth is on: kept in this tab's sessionStorage only, sent as a Bearer token.
+  const KEY_STORAGE = 'optiroute.apiKey';
+  let keyInMemory = null; // set once the user types a key (also used when storage is off)
+  function apiKey() {
+    if (keyInMemory !== null) return keyInMemory;
+    try { return sessionStorage.getItem(KEY_STORAGE) || ''; } catch { return ''; }
+  }
+  function withAuth(headers) {
+    const key = apiKey();
+    return key ? Object.assign({ authorization: 'Bearer ' + key }, headers) : headers;
+  }
   let current = null; // {controller, msg}
 
   function scrollToBottom(force) {
@@ -431,7 +442,7 @@
     try {
       const res = await fetch('/v1/chat/completions', {
         method: 'POST',
-        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+        headers: withAuth({ 'content-type': 'application/json', accept: 'text/event-stream' }),
         body: JSON.stringify({
           model,
           messages: history.slice(),
@@ -445,6 +456,7 @@
         msg.body.replaceChildren();
         showError(msg, await readError(res), 'HTTP ' + res.status);
         history.pop();
+        if (res.status === 401 && ui.apiKey) ui.apiKey.focus();
         return;
       }
       msg.wrap.dataset.state = 'streaming';
@@ -548,7 +560,7 @@
 
   async function loadModels() {
     try {
-      const res = await fetch('/v1/models', { headers: { accept: 'application/json' } });
+      const res = await fetch('/v1/models', { headers: withAuth({ accept: 'application/json' }) });
       if (!res.ok) return;
       const body = await res.json();
       const ids = (Array.isArray(body.data) ? body.data : [])
@@ -756,7 +768,7 @@
     statsInFlight = true;
     clearTimeout(statsTimer);
     try {
-      const res = await fetch('/api/stats', { headers: { accept: 'application/json' }, cache: 'no-store' });
+      const res = await fetch('/api/stats', { headers: withAuth({ accept: 'application/json' }), cache: 'no-store' });
       if (!res.ok) throw new Error('HTTP ' + res.status);
       const s = await res.json();
       renderStats(s);
@@ -818,6 +830,19 @@
     });
     ui.stop.addEventListener('click', stop);
     $('new-chat').addEventListener('click', newChat);
+    ui.apiKey = $('api-key');
+    ui.apiKey.value = apiKey();
+    ui.apiKey.addEventListener('change', () => {
+      const key = ui.apiKey.value.trim();
+      keyInMemory = key;
+      try {
+        if (key) sessionStorage.setItem(KEY_STORAGE, key);
+        else sessionStorage.removeItem(KEY_STORAGE);
+      } catch { /* storage off: the key lasts until the page reloads */ }
+      if (!key) ui.apiKey.value = '';
+      loadModels();
+      pollStatsSoon();
+    });
     for (const chip of document.querySelectorAll('.chip[data-prompt]')) {
       chip.addEventListener('click', () => {
         ui.prompt.value = chip.dataset.prompt || '';
