@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Longest a client may pause while sending a request body, seconds (then 408).
     pub client_body_timeout_secs: u64,
+    /// Longest a client may take to send a request's headers, seconds; then the connection is closed
+    /// (a client trickling headers cannot hold a connection slot).
+    pub header_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             max_connections: 10_000,
             client_body_timeout_secs: 30,
+            header_timeout_secs: 30,
         }
     }
 }
@@ -841,6 +845,9 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return Err(bad("server.max_connections".into(), "must be at least 1".into()));
+        }
+        if self.server.header_timeout_secs == 0 {
+            return Err(bad("server.header_timeout_secs".into(), "must be at least 1".into()));
         }
         if self.server.client_body_timeout_secs == 0 {
             return Err(bad(

@@ -23,36 +23,57 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Serves on an already bound listener until `shutdown` completes, then drains for the grace period.
+///
+/// The accept loop is ours rather than `axum::serve`, for one setting that does not expose: hyper's
+/// header read timeout (`[server] header_timeout_secs`), which needs a timer. Without it a client
+/// trickling a request's headers holds a connection slot for as long as it likes.
 pub async fn run(
     state: SharedState,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use axum::serve::Listener;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
     let grace = crate::http::grace(&state);
     let limits = state.limits.clone();
     let request_log = state.request_log.clone();
     let max_connections = state.cfg.server.max_connections;
+    let header_timeout = Duration::from_secs(state.cfg.server.header_timeout_secs);
     let app = crate::http::app(state);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let listener = crate::limits::ConnLimit::new(listener, max_connections);
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: no new connections; draining in-flight requests");
-        let _ = signalled_tx.send(());
-    });
-    let drain_deadline = async move {
-        if signalled_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
+    let mut listener = crate::limits::ConnLimit::new(listener, max_connections);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            (io, _) = listener.accept() => {
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    // A connection's own errors (a client that vanished, headers too slow) end only it.
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection closed with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
         }
-    };
+    }
+    drop(listener);
+    tracing::info!("shutdown requested: no new connections; draining in-flight requests");
     tokio::select! {
-        r = server => r.map_err(|e| anyhow::anyhow!("server error: {e}"))?,
-        () = drain_deadline => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections"),
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections"),
     }
     // Usage settled by the last requests reaches Redis (bounded wait) and the key store before exit.
     if let Some(shared) = limits.shared() {

@@ -971,6 +971,49 @@ async fn a_client_that_stalls_its_body_gets_408() {
 }
 
 #[tokio::test]
+async fn a_client_that_trickles_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = Config::test_default();
+    cfg.server.header_timeout_secs = 1;
+    let gw = TestGateway::start(cfg).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // One more header byte every 100 ms, which no idle timeout would ever catch, until the gateway
+    // hangs up (reads EOF or a reset).
+    let trickle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..400 {
+            tick.tick().await;
+            if wr.write_all(b"X-Slow: a\r\n").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // (a 408 before the close would be fine too)
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after 20 s of trickled headers"
+    );
+    // The gateway still serves everyone else.
+    let r = client().get(format!("{}/health", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let mut cfg = Config::test_default();
     cfg.server.max_connections = 1;
