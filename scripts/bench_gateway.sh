@@ -107,7 +107,12 @@ bench() { # name, then bench args
 }
 
 bench direct_64 --url "$MOCK" --model mock-model --users 64 --run-time "$RUN_TIME" --mix unique
+# The gateway's own CPU (user and kernel time from /proc) over the 64-connection run.
+cpu_ticks() { awk '{print $14, $15}' "/proc/$GW_PID/stat"; }
+read -r U0 S0 < <(cpu_ticks)
 bench gw_64 --url "$GW" --model m --users 64 --run-time "$RUN_TIME" --mix unique
+read -r U1 S1 < <(cpu_ticks)
+echo "$((U1 - U0)) $((S1 - S0)) $(getconf CLK_TCK)" >"$OUT/gw_64.cpu"
 bench direct_1 --url "$MOCK" --model mock-model --users 1 --run-time "$RUN_TIME" --mix unique
 bench gw_1 --url "$GW" --model m --users 1 --run-time "$RUN_TIME" --mix unique
 bench gw_same_1 --url "$GW_SAME" --model m --users 1 --run-time "$RUN_TIME" --mix unique
@@ -130,6 +135,10 @@ python3 - "$OUT" "$IDLE_RSS" "$PEAK" <<'PY'
 import json, sys, os
 out, idle, peak = sys.argv[1], sys.argv[2], sys.argv[3]
 r = {n[:-5]: json.load(open(os.path.join(out, n))) for n in os.listdir(out) if n.endswith(".json")}
+user_t, sys_t, hz = (int(x) for x in open(os.path.join(out, "gw_64.cpu")).read().split())
+n64 = r["gw_64"]["ok"] + r["gw_64"]["errors"]
+cpu_us = lambda ticks: f"{ticks / hz / max(n64, 1) * 1e6:.0f} µs"
+
 def lat(name, k): return r[name]["latency_ms"][k]
 def ttft(name, k): return r[name]["ttft_ms"][k]
 rows = [
@@ -145,6 +154,7 @@ rows = [
      f'+{(lat("gw_same_1","p99")-lat("direct_1","p99"))*1000:.0f} µs'),
     ("streaming time to first token, p50", f'{ttft("gw_stream_1","p50")*1000:.0f} µs', f'{ttft("direct_stream_1","p50")*1000:.0f} µs',
      f'+{(ttft("gw_stream_1","p50")-ttft("direct_stream_1","p50"))*1000:.0f} µs'),
+    ("gateway CPU per request, 64 connections", f"{cpu_us(user_t)} user + {cpu_us(sys_t)} kernel", "", ""),
     ("cache hits, 64 connections", f'{r["cache_64"]["requests_per_s"]:,.0f} req/s (hit rate {100*(r["cache_64"]["cache"]["hit_rate"] or 0):.0f}%)', "", f'p50 {lat("cache_64","p50")*1000:.0f} µs'),
     ("RSS idle", f"{idle} MB", "", ""),
     ("RSS peak, 1,000 concurrent streams", f"{peak} MB", "", f'{r["streams_1000"]["ok"]} streams ok, {r["streams_1000"]["errors"]} errors'),

@@ -363,12 +363,9 @@ fn exact_prompt_tokens(plan: &Plan, req: &ChatRequest) -> u64 {
     }
 }
 
+/// Counts a call that did not succeed (successes use the deployment's own handle, `d.m.success`).
 fn outcome_metric(st: &AppState, dep_idx: usize, outcome: &'static str) {
     let d = &st.deployments[dep_idx];
-    if outcome == "success" {
-        d.m.success.inc();
-        return;
-    }
     st.metrics
         .llm_requests
         .get_or_create(&Outcome {
@@ -533,7 +530,7 @@ async fn call_json(st: &SharedState, plan: &Plan, req: &ChatRequest, deadline: I
     st.on_transition(d, d.breaker.success(served.permit));
     d.observe_latency(upstream.as_micros() as u64);
     d.m.upstream_duration.observe(upstream.as_secs_f64());
-    outcome_metric(st, served.dep, "success");
+    d.m.success.inc();
     let completion = served.value;
     let (usage, estimated) = match completion.usage {
         Some(u) => (u, false),
@@ -865,7 +862,7 @@ impl LiveStream {
         }
         d.observe_latency(upstream.as_micros() as u64);
         d.m.upstream_duration.observe(upstream.as_secs_f64());
-        outcome_metric(&st, self.dep, "success");
+        d.m.success.inc();
         let (usage, estimated) = self.usage();
         st.router
             .remember_strong_answer(&self.plan, self.meta.tier.as_deref(), self.acc.text());

@@ -953,7 +953,7 @@ async fn a_client_that_stalls_its_body_gets_408() {
     let mut cfg = Config::test_default();
     cfg.server.client_body_timeout_secs = 1;
     let gw = TestGateway::start(cfg).await;
-    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let addr = gw.addr();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     s.write_all(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo",
@@ -976,7 +976,7 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
     let mut cfg = Config::test_default();
     cfg.server.header_timeout_secs = 1;
     let gw = TestGateway::start(cfg).await;
-    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let addr = gw.addr();
     let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     wr.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
@@ -1018,7 +1018,7 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let mut cfg = Config::test_default();
     cfg.server.max_connections = 1;
     let gw = TestGateway::start(cfg).await;
-    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let addr = gw.addr();
     // An idle connection takes the only slot.
     let idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let quick = reqwest::Client::builder()

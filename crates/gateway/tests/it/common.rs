@@ -38,6 +38,11 @@ impl TestGateway {
         }
     }
 
+    /// `host:port` of the gateway, for raw TCP clients.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
     /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
         client()
@@ -230,4 +235,21 @@ pub async fn admin_create_key(gw: &TestGateway, master: &str, spec: serde_json::
         .unwrap();
     assert_eq!(r.status(), 201);
     r.json().await.unwrap()
+}
+
+/// A math question whose cheap answer (from `cheap`) has no final number, so cascade mode escalates
+/// it to `strong`, which answers 7. Returns the request body.
+pub fn cascade_scenario(cheap: &MockServer, strong: &MockServer) -> serde_json::Value {
+    cheap.handle.push(optiroute::mock::Behavior {
+        text: Some("Let me think about the apples.".into()),
+        ..Default::default()
+    });
+    strong.handle.push(optiroute::mock::Behavior {
+        text: Some("3 + 4 = 7. The answer is 7.".into()),
+        ..Default::default()
+    });
+    chat_body(
+        "auto",
+        "Tom has 3 apples and buys 4 more. How many apples does he have?",
+    )
 }

@@ -482,7 +482,7 @@ async fn a_bad_weights_file_is_refused_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cascade_escalation_is_exported_and_labelled() {
     use optiroute::config::ProviderKind;
-    use optiroute::mock::{Behavior, MockServer};
+    use optiroute::mock::MockServer;
     let dir = tempfile::tempdir().unwrap();
     let (m1, m2) = (MockServer::start(0).await.unwrap(), MockServer::start(0).await.unwrap());
     let mut cfg = config_with(
@@ -497,18 +497,7 @@ async fn a_cascade_escalation_is_exported_and_labelled() {
     cfg.routing.sticky = false;
     cfg.routing.log_features = true;
     let gw = TestGateway::start(cfg).await;
-    m1.handle.push(Behavior {
-        text: Some("Let me think about the apples.".into()),
-        ..Default::default()
-    });
-    m2.handle.push(Behavior {
-        text: Some("3 + 4 = 7. The answer is 7.".into()),
-        ..Default::default()
-    });
-    let body = chat_body(
-        "auto",
-        "Tom has 3 apples and buys 4 more. How many apples does he have?",
-    );
+    let body = cascade_scenario(&m1, &m2);
     let (s, id, tier) = chat(&gw, None, body, &[]).await;
     assert_eq!((s, tier.as_str()), (200, "cloud"));
     assert!(gw.state.request_log.flush(Duration::from_secs(10)).await);

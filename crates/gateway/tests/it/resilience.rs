@@ -554,18 +554,7 @@ async fn cascade_escalates_a_failed_cheap_answer() {
     })
     .await;
     // Cheap answer to a math question without a final number: escalated to b.
-    m1.handle.push(Behavior {
-        text: Some("Let me think about the apples.".into()),
-        ..Default::default()
-    });
-    m2.handle.push(Behavior {
-        text: Some("3 + 4 = 7. The answer is 7.".into()),
-        ..Default::default()
-    });
-    let body = chat_body(
-        "auto",
-        "Tom has 3 apples and buys 4 more. How many apples does he have?",
-    );
+    let body = cascade_scenario(&m1, &m2);
     let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
     assert_eq!(r.headers()["x-optiroute-deployment"], "b");
     let reason = r.headers()["x-optiroute-route-reason"].to_str().unwrap().to_owned();

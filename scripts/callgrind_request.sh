@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request of the gateway, counted by callgrind (repeatable on a
+# shared machine, unlike timings). The gateway runs under valgrind in front of `optiroute mock`;
+# after 200 warm-up requests the counters are zeroed, N requests are sent at one connection, and
+# the counters are dumped.
+#
+#   cargo build --release -p optiroute && scripts/callgrind_request.sh [N=2000]
+#   OPTIROUTE_BIN=/path/to/other/optiroute scripts/callgrind_request.sh     # compare builds
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${OPTIROUTE_BIN:-$ROOT/target/release/optiroute}
+N=${1:-2000}
+OUT=$ROOT/target/callgrind
+mkdir -p "$OUT"
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+wait_url() {
+  for _ in $(seq 1 600); do
+    grep -q OPTIROUTE_LISTENING "$1" 2>/dev/null && { awk '/OPTIROUTE_LISTENING/ {print $2; exit}' "$1"; return; }
+    sleep 0.1
+  done
+  echo "server did not start: $1" >&2; exit 1
+}
+"$BIN" mock --port 0 >"$OUT/mock.out" 2>"$OUT/mock.err" &
+pids+=($!)
+MOCK=$(wait_url "$OUT/mock.out")
+cat >"$OUT/gw.toml" <<TOML
+[cache]
+enabled = false
+[resilience]
+max_attempts = 1
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "$MOCK/v1"
+[[deployments]]
+name = "m"
+provider = "mock"
+model = "mock-model"
+tier = "cloud"
+TOML
+rm -f "$OUT"/cg.out.*
+valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" "$BIN" serve --config "$OUT/gw.toml" --port 0 \
+  >"$OUT/gw.out" 2>"$OUT/gw.err" &
+VPID=$!
+pids+=($VPID)
+GW=$(wait_url "$OUT/gw.out")
+"$BIN" bench --url "$GW" --model m --users 1 --requests 200 --mix unique >/dev/null 2>&1
+callgrind_control -z "$VPID" >/dev/null
+"$BIN" bench --url "$GW" --model m --users 1 --requests "$N" --mix unique >/dev/null 2>&1
+callgrind_control -d "$VPID" >/dev/null
+DUMP=$(ls -t "$OUT"/cg.out.*.* | head -1)
+TOTAL=$(awk '/^(summary|totals):/ {print $2; exit}' "$DUMP")
+echo "$TOTAL instructions for $N requests: $((TOTAL / N)) per request ($DUMP; callgrind_annotate it for the breakdown)"
