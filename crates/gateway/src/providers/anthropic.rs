@@ -1,8 +1,8 @@
 //! Anthropic Messages API. Translation lives in `optiroute_protocol::anthropic`; this file is the HTTP.
 
+use http::header::{HeaderName, HeaderValue};
 use optiroute_protocol::anthropic::{self as wire, StreamTranslator};
 use optiroute_protocol::openai::{ChatCompletion, ChatRequest};
-use reqwest::header::{HeaderName, HeaderValue};
 
 use super::{CallTarget, ChunkStream, Translate, Upstream, translated, unix_now};
 use crate::config::ProviderConfig;

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use optiroute_protocol::openai::{ChatChunk, ChatCompletion, ChatRequest};
 use optiroute_protocol::sse::{SseDecoder, SseEvent};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{ProviderConfig, ProviderKind, TimeoutConfig};
 use crate::error::{UpstreamError, UpstreamKind, parse_retry_after};
@@ -86,14 +86,33 @@ impl Provider {
     }
 }
 
+/// The upstream HTTP client: hyper's pooled client over TCP, with rustls for `https://` base URLs.
+///
+/// Not reqwest: its redirect policy and request plumbing re-parse the URL on every call, which was
+/// about a sixth of the gateway's instructions per proxied request. Retries, redirects and timeouts
+/// are ours anyway (`resilience::retry`, the timeouts below), so hyper's client is all we need.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
+
+/// A response whose status and headers have arrived; the body streams.
+pub type UpstreamResponse = http::Response<hyper::body::Incoming>;
+
+/// Largest success body read whole (a non-streaming completion); larger is a protocol error.
+const MAX_BODY: usize = 64 << 20;
+/// Largest error body read for its message.
+const MAX_ERROR_BODY: usize = 1 << 20;
+
 /// The HTTP side shared by every remote provider: a pooled client, base URL, auth headers, timeouts.
 pub struct Upstream {
     pub name: String,
-    pub client: reqwest::Client,
+    client: HttpClient,
     pub base_url: String,
     /// `base_url` joined with each endpoint path a provider calls, parsed once: URL parsing was a
     /// measurable share of the per-request CPU.
-    urls: Vec<(&'static str, reqwest::Url)>,
+    urls: Vec<(&'static str, http::Uri)>,
+    /// Sent with every request: content type, user agent, auth and configured headers.
     pub headers: HeaderMap,
     pub timeouts: TimeoutConfig,
 }
@@ -110,6 +129,34 @@ pub enum Auth {
     XApiKey,
 }
 
+fn http_client(cfg: &ProviderConfig) -> Result<HttpClient, String> {
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    use rustls_platform_verifier::BuilderVerifierExt;
+
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(cfg.timeouts.connect()));
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_platform_verifier())
+            .map(|b| b.with_no_client_auth())
+            .map_err(|e| format!("provider `{}`: cannot set up TLS: {e}", cfg.name))?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    Ok(hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector))
+}
+
 impl Upstream {
     fn new(cfg: &ProviderConfig, auth: Auth) -> Result<Upstream, String> {
         let base_url = cfg
@@ -119,6 +166,11 @@ impl Upstream {
             .trim_end_matches('/')
             .to_owned();
         let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(concat!("optiroute/", env!("CARGO_PKG_VERSION"))),
+        );
         for (k, v) in &cfg.headers {
             let value = match v.strip_prefix("env:") {
                 Some(var) => std::env::var(var).map_err(|_| {
@@ -136,26 +188,16 @@ impl Upstream {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(cfg.timeouts.connect())
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            // Our retry module decides about retries, and a POST to an LLM API is never redirected.
-            .redirect(reqwest::redirect::Policy::none())
-            .retry(reqwest::retry::never())
-            .user_agent(concat!("optiroute/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("provider `{}`: cannot build HTTP client: {e}", cfg.name))?;
         let mut urls = Vec::with_capacity(ENDPOINT_PATHS.len());
         for path in ENDPOINT_PATHS {
-            let url = reqwest::Url::parse(&format!("{base_url}{path}"))
-                .map_err(|e| format!("provider `{}`: invalid base_url: {e}", cfg.name))?;
-            urls.push((path, url));
+            urls.push((
+                path,
+                parse_url(&base_url, path).map_err(|e| format!("provider `{}`: {e}", cfg.name))?,
+            ));
         }
         let mut up = Upstream {
             name: cfg.name.clone(),
-            client,
+            client: http_client(cfg)?,
             base_url,
             urls,
             headers,
@@ -163,7 +205,7 @@ impl Upstream {
         };
         if let Some(key) = Self::api_key(cfg)? {
             match auth {
-                Auth::Bearer => up.insert_secret(reqwest::header::AUTHORIZATION, &format!("Bearer {key}"))?,
+                Auth::Bearer => up.insert_secret(http::header::AUTHORIZATION, &format!("Bearer {key}"))?,
                 Auth::XApiKey => up.insert_secret(HeaderName::from_static("x-api-key"), &key)?,
             }
         }
@@ -194,20 +236,18 @@ impl Upstream {
 
     /// POSTs JSON and returns the response once headers arrived with a success status. Error statuses
     /// become `UpstreamError` with the upstream's message and Retry-After.
-    pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<reqwest::Response, UpstreamError> {
-        let url = match self.urls.iter().find(|(p, _)| *p == path) {
-            Some((_, url)) => url.clone(),
-            None => reqwest::Url::parse(&format!("{}{}", self.base_url, path))
-                .map_err(|e| UpstreamError::new(UpstreamKind::Connect, &self.name, format!("invalid URL: {e}")))?,
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<UpstreamResponse, UpstreamError> {
+        let uri = match self.urls.iter().find(|(p, _)| *p == path) {
+            Some((_, uri)) => uri.clone(),
+            None => {
+                parse_url(&self.base_url, path).map_err(|e| UpstreamError::new(UpstreamKind::Connect, &self.name, e))?
+            }
         };
-        let send = self
-            .client
-            .post(url)
-            .headers(self.headers.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send();
-        let resp = match tokio::time::timeout(self.timeouts.first_byte(), send).await {
+        let mut req = http::Request::new(http_body_util::Full::new(Bytes::from(body)));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers.clone();
+        let resp = match tokio::time::timeout(self.timeouts.first_byte(), self.client.request(req)).await {
             Err(_) => {
                 return Err(UpstreamError::new(
                     UpstreamKind::Timeout,
@@ -224,10 +264,10 @@ impl Upstream {
         }
         let retry_after = resp
             .headers()
-            .get(reqwest::header::RETRY_AFTER)
+            .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = tokio::time::timeout(self.timeouts.idle(), resp.bytes())
+        let body = tokio::time::timeout(self.timeouts.idle(), collect(resp, MAX_ERROR_BODY))
             .await
             .ok()
             .and_then(Result::ok)
@@ -244,32 +284,35 @@ impl Upstream {
     }
 
     /// Reads a whole (non-streaming) body within the total timeout.
-    pub async fn read_body(&self, resp: reqwest::Response) -> Result<Bytes, UpstreamError> {
-        match tokio::time::timeout(self.timeouts.total(), resp.bytes()).await {
+    pub async fn read_body(&self, resp: UpstreamResponse) -> Result<Bytes, UpstreamError> {
+        match tokio::time::timeout(self.timeouts.total(), collect(resp, MAX_BODY)).await {
             Err(_) => Err(UpstreamError::new(
                 UpstreamKind::Timeout,
                 &self.name,
                 "response body timed out",
             )),
-            Ok(Err(e)) => Err(self.transport_error(&e)),
+            Ok(Err(BodyError::TooLarge)) => Err(UpstreamError::new(
+                UpstreamKind::Protocol,
+                &self.name,
+                format!("response body larger than {} MiB", MAX_BODY >> 20),
+            )),
+            Ok(Err(BodyError::Broken)) => Err(UpstreamError::new(
+                UpstreamKind::Interrupted,
+                &self.name,
+                "response body broke off",
+            )),
             Ok(Ok(b)) => Ok(b),
         }
     }
 
-    fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {
-        // reqwest's Display may include the URL; base URLs are operator config, but keep messages short
-        // and never include query strings or credentials.
-        let kind = if e.is_timeout() {
-            UpstreamKind::Timeout
+    fn transport_error(&self, e: &hyper_util::client::legacy::Error) -> UpstreamError {
+        // Messages stay short and never include the URL (its query string or credentials).
+        let (kind, what) = if caused_by_timeout(e) {
+            (UpstreamKind::Timeout, "timed out")
         } else if e.is_connect() {
-            UpstreamKind::Connect
+            (UpstreamKind::Connect, "connection failed")
         } else {
-            UpstreamKind::Interrupted
-        };
-        let what = match kind {
-            UpstreamKind::Timeout => "timed out",
-            UpstreamKind::Connect => "connection failed",
-            _ => "transport error",
+            (UpstreamKind::Interrupted, "transport error")
         };
         UpstreamError::new(kind, &self.name, what)
     }
@@ -277,12 +320,12 @@ impl Upstream {
     /// Turns a streaming HTTP response into SSE events, enforcing the idle and total timeouts.
     pub fn sse_events(
         &self,
-        resp: reqwest::Response,
+        resp: UpstreamResponse,
     ) -> impl Stream<Item = Result<SseEvent, UpstreamError>> + Send + 'static {
         let name = self.name.clone();
         let idle = self.timeouts.idle();
         let deadline = tokio::time::Instant::now() + self.timeouts.total();
-        let body = resp.bytes_stream();
+        let body = http_body_util::BodyExt::into_data_stream(resp.into_body());
         futures_util::stream::unfold(
             (
                 Box::pin(body),
@@ -404,6 +447,48 @@ pub fn translated<T: Translate>(
     }))
 }
 
+fn parse_url(base_url: &str, path: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = format!("{base_url}{path}")
+        .parse()
+        .map_err(|e| format!("invalid base_url: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        _ => Err(format!(
+            "invalid base_url `{base_url}`: needs http:// or https:// and a host"
+        )),
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads a body whole, up to `limit` bytes.
+async fn collect(resp: UpstreamResponse, limit: usize) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(resp.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Broken),
+    }
+}
+
+/// Whether an error's cause chain holds an I/O timeout (the connect timeout).
+fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
@@ -426,4 +511,43 @@ pub fn unix_now() -> u64 {
 /// A fresh completion id like OpenAI's.
 pub fn completion_id() -> String {
     format!("chatcmpl-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_need_a_scheme_we_speak_and_a_host() {
+        let u = parse_url("http://127.0.0.1:8000/v1", "/chat/completions").unwrap();
+        assert_eq!(u.to_string(), "http://127.0.0.1:8000/v1/chat/completions");
+        assert_eq!(
+            parse_url("https://api.openai.com/v1", "/chat/completions").unwrap().host(),
+            Some("api.openai.com")
+        );
+        for bad in ["ftp://h/v1", "127.0.0.1:8000", "/v1", "http://"] {
+            assert!(parse_url(bad, "/chat/completions").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_timed_out_cause_anywhere_in_the_chain_is_a_timeout() {
+        #[derive(Debug)]
+        struct Wrap(std::io::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("connect")
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let timed_out = Wrap(std::io::Error::new(std::io::ErrorKind::TimedOut, "t"));
+        let refused = Wrap(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "r"));
+        assert!(caused_by_timeout(&timed_out));
+        assert!(!caused_by_timeout(&refused));
+    }
 }
