@@ -22,6 +22,7 @@ if [ -z "${QUICK:-}" ]; then
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)
   have node || need_apt+=(nodejs npm)
   have python3 || need_apt+=(python3 python3-pip)
+  have openssl || need_apt+=(openssl)
   if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -60,6 +61,9 @@ BIN="$ROOT/target/debug/optiroute"
 
 log "end-to-end: official openai Python SDK against the gateway"
 OPTIROUTE_BIN="$BIN" python3 tests/e2e/openai_sdk_test.py
+
+log "end-to-end: an upstream over HTTPS (certificate checked)"
+OPTIROUTE_BIN="$BIN" python3 tests/e2e/tls_upstream_test.py
 
 log "end-to-end: web UI in headless Chromium"
 OPTIROUTE_BIN="$BIN" node --test tests/e2e/ui.test.mjs
