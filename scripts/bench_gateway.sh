@@ -8,6 +8,10 @@
 #   scripts/bench_gateway.sh                 # ~2 minutes
 #   RUN_TIME=30s scripts/bench_gateway.sh    # longer runs
 #   HALT_POLL_NS=200000 scripts/bench_gateway.sh
+#
+# If nginx is installed (apt-get install nginx-light), it is measured too, pinned like the gateway and
+# configured as a plain keep-alive reverse proxy in front of the same mock: the cost of one proxy hop
+# that does nothing but forward bytes, on this machine.
 #       (root, KVM guests with the cpuidle-haltpoll driver) lets an idle vCPU poll up to 200 µs before
 #       it halts, for this run only, so a cross-CPU wake-up is not a hypervisor round trip; the setting
 #       is restored on exit. Both columns (gateway and direct) run under the same setting.
@@ -17,6 +21,7 @@ BIN=${OPTIROUTE_BIN:-$ROOT/target/release/optiroute}
 RUN_TIME=${RUN_TIME:-10s}
 OUT=${OUT_DIR:-$ROOT/target/bench_gateway}
 mkdir -p "$OUT"
+rm -f "$OUT"/*.json
 [ -x "$BIN" ] || { echo "build first: cargo build --release -p optiroute" >&2; exit 1; }
 
 pids=()
@@ -98,6 +103,32 @@ GW_SAME=$(url_of gw_same)
 GW=$(url_of gw)
 DEMO=$(url_of demo)
 
+NGINX_URL=""
+if command -v nginx >/dev/null 2>&1; then
+  NGINX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$OUT/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $OUT/nginx.pid;
+error_log $OUT/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream mock { server ${MOCK#http://}; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
+  launch nginx taskset -c 0 nginx -c "$OUT/nginx.conf" -p "$OUT"
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null -X POST "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" -H 'content-type: application/json' \
+      -d '{"model":"mock-model","messages":[{"role":"user","content":"ready?"}]}' && { NGINX_URL="http://127.0.0.1:$NGINX_PORT"; break; }
+    sleep 0.05
+  done
+fi
+
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 IDLE_RSS=$(rss_mb "$GW_PID")
 
@@ -116,6 +147,10 @@ echo "$((U1 - U0)) $((S1 - S0)) $(getconf CLK_TCK)" >"$OUT/gw_64.cpu"
 bench direct_1 --url "$MOCK" --model mock-model --users 1 --run-time "$RUN_TIME" --mix unique
 bench gw_1 --url "$GW" --model m --users 1 --run-time "$RUN_TIME" --mix unique
 bench gw_same_1 --url "$GW_SAME" --model m --users 1 --run-time "$RUN_TIME" --mix unique
+if [ -n "$NGINX_URL" ]; then
+  bench nginx_64 --url "$NGINX_URL" --model mock-model --users 64 --run-time "$RUN_TIME" --mix unique
+  bench nginx_1 --url "$NGINX_URL" --model mock-model --users 1 --run-time "$RUN_TIME" --mix unique
+fi
 bench direct_stream_1 --url "$MOCK" --model mock-model --users 1 --run-time "$RUN_TIME" --mix unique --stream
 bench gw_stream_1 --url "$GW" --model m --users 1 --run-time "$RUN_TIME" --mix unique --stream
 # Cache hits: demo gateway, a pool of 20 prompts, primed first.
@@ -154,6 +189,17 @@ rows = [
      f'+{(lat("gw_same_1","p99")-lat("direct_1","p99"))*1000:.0f} µs'),
     ("streaming time to first token, p50", f'{ttft("gw_stream_1","p50")*1000:.0f} µs', f'{ttft("direct_stream_1","p50")*1000:.0f} µs',
      f'+{(ttft("gw_stream_1","p50")-ttft("direct_stream_1","p50"))*1000:.0f} µs'),
+]
+if "nginx_1" in r:
+    rows += [
+        ("reference: nginx reverse proxy, throughput, 64 connections", f'{r["nginx_64"]["requests_per_s"]:,.0f} req/s', f'{r["direct_64"]["requests_per_s"]:,.0f} req/s',
+         f'{100*r["nginx_64"]["requests_per_s"]/r["direct_64"]["requests_per_s"]:.0f}% of direct'),
+        ("reference: nginx reverse proxy, latency at 1 connection, p50", f'{lat("nginx_1","p50")*1000:.0f} µs', f'{lat("direct_1","p50")*1000:.0f} µs',
+         f'+{(lat("nginx_1","p50")-lat("direct_1","p50"))*1000:.0f} µs'),
+        ("reference: nginx reverse proxy, latency at 1 connection, p99", f'{lat("nginx_1","p99")*1000:.0f} µs', f'{lat("direct_1","p99")*1000:.0f} µs',
+         f'+{(lat("nginx_1","p99")-lat("direct_1","p99"))*1000:.0f} µs'),
+    ]
+rows += [
     ("gateway CPU per request, 64 connections", f"{cpu_us(user_t)} user + {cpu_us(sys_t)} kernel", "", ""),
     ("cache hits, 64 connections", f'{r["cache_64"]["requests_per_s"]:,.0f} req/s (hit rate {100*(r["cache_64"]["cache"]["hit_rate"] or 0):.0f}%)', "", f'p50 {lat("cache_64","p50")*1000:.0f} µs'),
     ("RSS idle", f"{idle} MB", "", ""),

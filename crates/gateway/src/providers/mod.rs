@@ -523,7 +523,9 @@ mod tests {
         let u = parse_url("http://127.0.0.1:8000/v1", "/chat/completions").unwrap();
         assert_eq!(u.to_string(), "http://127.0.0.1:8000/v1/chat/completions");
         assert_eq!(
-            parse_url("https://api.openai.com/v1", "/chat/completions").unwrap().host(),
+            parse_url("https://api.openai.com/v1", "/chat/completions")
+                .unwrap()
+                .host(),
             Some("api.openai.com")
         );
         for bad in ["ftp://h/v1", "127.0.0.1:8000", "/v1", "http://"] {
