@@ -176,28 +176,25 @@ cpu_us = lambda ticks: f"{ticks / hz / max(n64, 1) * 1e6:.0f} µs"
 
 def lat(name, k): return r[name]["latency_ms"][k]
 def ttft(name, k): return r[name]["ttft_ms"][k]
+def throughput(label, name):
+    via, direct = r[name]["requests_per_s"], r["direct_64"]["requests_per_s"]
+    return (label, f"{via:,.0f} req/s", f"{direct:,.0f} req/s", f"{100 * via / direct:.0f}% of direct")
+def added(label, name, k, base="direct_1", of=lat):
+    via, direct = of(name, k) * 1000, of(base, k) * 1000
+    return (label, f"{via:.0f} µs", f"{direct:.0f} µs", f"+{via - direct:.0f} µs")
 rows = [
-    ("non-streaming throughput, 64 connections", f'{r["gw_64"]["requests_per_s"]:,.0f} req/s', f'{r["direct_64"]["requests_per_s"]:,.0f} req/s',
-     f'{100*r["gw_64"]["requests_per_s"]/r["direct_64"]["requests_per_s"]:.0f}% of direct'),
-    ("latency at 1 connection, p50", f'{lat("gw_1","p50")*1000:.0f} µs', f'{lat("direct_1","p50")*1000:.0f} µs',
-     f'+{(lat("gw_1","p50")-lat("direct_1","p50"))*1000:.0f} µs'),
-    ("latency at 1 connection, p99", f'{lat("gw_1","p99")*1000:.0f} µs', f'{lat("direct_1","p99")*1000:.0f} µs',
-     f'+{(lat("gw_1","p99")-lat("direct_1","p99"))*1000:.0f} µs'),
-    ("latency at 1 connection, p50, all on one CPU", f'{lat("gw_same_1","p50")*1000:.0f} µs', f'{lat("direct_1","p50")*1000:.0f} µs',
-     f'+{(lat("gw_same_1","p50")-lat("direct_1","p50"))*1000:.0f} µs'),
-    ("latency at 1 connection, p99, all on one CPU", f'{lat("gw_same_1","p99")*1000:.0f} µs', f'{lat("direct_1","p99")*1000:.0f} µs',
-     f'+{(lat("gw_same_1","p99")-lat("direct_1","p99"))*1000:.0f} µs'),
-    ("streaming time to first token, p50", f'{ttft("gw_stream_1","p50")*1000:.0f} µs', f'{ttft("direct_stream_1","p50")*1000:.0f} µs',
-     f'+{(ttft("gw_stream_1","p50")-ttft("direct_stream_1","p50"))*1000:.0f} µs'),
+    throughput("non-streaming throughput, 64 connections", "gw_64"),
+    added("latency at 1 connection, p50", "gw_1", "p50"),
+    added("latency at 1 connection, p99", "gw_1", "p99"),
+    added("latency at 1 connection, p50, all on one CPU", "gw_same_1", "p50"),
+    added("latency at 1 connection, p99, all on one CPU", "gw_same_1", "p99"),
+    added("streaming time to first token, p50", "gw_stream_1", "p50", base="direct_stream_1", of=ttft),
 ]
 if "nginx_1" in r:
     rows += [
-        ("reference: nginx reverse proxy, throughput, 64 connections", f'{r["nginx_64"]["requests_per_s"]:,.0f} req/s', f'{r["direct_64"]["requests_per_s"]:,.0f} req/s',
-         f'{100*r["nginx_64"]["requests_per_s"]/r["direct_64"]["requests_per_s"]:.0f}% of direct'),
-        ("reference: nginx reverse proxy, latency at 1 connection, p50", f'{lat("nginx_1","p50")*1000:.0f} µs', f'{lat("direct_1","p50")*1000:.0f} µs',
-         f'+{(lat("nginx_1","p50")-lat("direct_1","p50"))*1000:.0f} µs'),
-        ("reference: nginx reverse proxy, latency at 1 connection, p99", f'{lat("nginx_1","p99")*1000:.0f} µs', f'{lat("direct_1","p99")*1000:.0f} µs',
-         f'+{(lat("nginx_1","p99")-lat("direct_1","p99"))*1000:.0f} µs'),
+        throughput("reference: nginx reverse proxy, throughput, 64 connections", "nginx_64"),
+        added("reference: nginx reverse proxy, latency at 1 connection, p50", "nginx_1", "p50"),
+        added("reference: nginx reverse proxy, latency at 1 connection, p99", "nginx_1", "p99"),
     ]
 rows += [
     ("gateway CPU per request, 64 connections", f"{cpu_us(user_t)} user + {cpu_us(sys_t)} kernel", "", ""),
