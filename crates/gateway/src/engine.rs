@@ -277,8 +277,9 @@ fn cacheable_answer(c: &ChatCompletion) -> bool {
 }
 
 /// Meta for an answer served from the cache (or from a coalesced leader): free, and it saved what the
-/// original call cost.
-fn hit_meta(st: &AppState, hit: &CachedResponse, started: Instant) -> Meta {
+/// original call cost. It keeps the request's router features, so a rating of a cached answer is a
+/// training row like any other.
+fn hit_meta(st: &AppState, hit: &CachedResponse, plan: &Plan, started: Instant) -> Meta {
     st.metrics
         .saved_usd
         .get_or_create(&Reason { reason: "cache" })
@@ -298,7 +299,7 @@ fn hit_meta(st: &AppState, hit: &CachedResponse, started: Instant) -> Meta {
         ttft_ms: Some(ms(started.elapsed())),
         usage_estimated: hit.usage_estimated,
         usage: Some(hit.usage),
-        features: None,
+        features: plan.features.clone(),
     }
 }
 
@@ -391,7 +392,7 @@ pub async fn complete(
     let plan = st.router.plan(st, req, ctx.forced_tier.as_deref())?;
     let cp = cache_plan(st, req, &plan, ctx);
     if let Some(hit) = lookup(st, &cp).await {
-        let meta = hit_meta(st, &hit, started);
+        let meta = hit_meta(st, &hit, &plan, started);
         crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
         return Ok((hit.completion.clone(), meta));
     }
@@ -400,7 +401,7 @@ pub async fn complete(
         Some(key) => match st.coalescer.join(key) {
             Flight::Follower(rx) => {
                 if let Some(v) = follow(rx, deadline).await {
-                    let meta = hit_meta(st, &v, started);
+                    let meta = hit_meta(st, &v, &plan, started);
                     crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
                     return Ok((v.completion.clone(), meta));
                 }
@@ -629,7 +630,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
     let cp = cache_plan(st, &req, &plan, ctx);
     let include_usage = req.include_usage();
     if let Some(hit) = lookup(st, &cp).await {
-        let meta = hit_meta(st, &hit, started);
+        let meta = hit_meta(st, &hit, &plan, started);
         st.ledger
             .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
         crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
@@ -640,7 +641,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         Some(key) => match Coalescer::join_owned(st, key) {
             OwnedFlight::Follower(rx) => {
                 if let Some(v) = follow(rx, deadline).await {
-                    let meta = hit_meta(st, &v, started);
+                    let meta = hit_meta(st, &v, &plan, started);
                     st.ledger
                         .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
                     crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);

@@ -203,15 +203,30 @@ async fn features_are_logged_only_when_enabled_and_hold_no_prompt_text() {
         let body = json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": format!("{prompt} (stream)")}]});
         let (s, stream_id, _) = chat(&gw, None, body, &[]).await;
         assert_eq!(s, 200);
+        // The first prompt again, as JSON and as a stream: cache hits, which carry features as well.
+        let (s, hit_id, _) = chat(&gw, None, chat_body("auto", &prompt), &[]).await;
+        assert_eq!(s, 200);
+        let body = json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": prompt}]});
+        let (s, stream_hit_id, _) = chat(&gw, None, body, &[]).await;
+        assert_eq!(s, 200);
         assert!(gw.state.request_log.flush(Duration::from_secs(10)).await);
         let rows = optiroute::request_log::recent(&store(&gw), 10).await.unwrap();
-        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(rows.len(), 5, "{rows:?}");
+        let row = |id: &str| rows.iter().find(|r| r.request_id == id).unwrap();
+        for id in [&hit_id, &stream_hit_id] {
+            assert_eq!(row(id).cache, "hit", "{:?}", row(id));
+            assert_eq!(
+                row(id).features,
+                row(&auto_id).features,
+                "a hit has its prompt's features"
+            );
+        }
         for r in &rows {
             let f = r.features.as_deref();
             let want = enabled && r.request_id != direct_id;
             assert_eq!(f.is_some(), want, "enabled {enabled}: {r:?}");
             if let Some(f) = f {
-                assert!(r.request_id == auto_id || r.request_id == stream_id);
+                assert!([&auto_id, &stream_id, &hit_id, &stream_hit_id].contains(&&r.request_id));
                 let lower = f.to_lowercase();
                 for word in prompt.split_whitespace().filter(|w| w.len() > 3) {
                     let w = word.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
