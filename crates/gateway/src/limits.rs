@@ -224,6 +224,8 @@ struct KeyState {
 }
 
 struct DeploymentLimit {
+    /// The deployment's name: its key in the shared limits.
+    name: String,
     rpm: Option<u64>,
     tpm: Option<u64>,
     requests: Mutex<Gcra>,
@@ -248,15 +250,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Limits {
-    /// `deployments`: (rpm, tpm) per deployment index. With a store, a background task persists spend;
-    /// it stops when the `Limits` is dropped.
-    pub fn new(deployments: Vec<(Option<u64>, Option<u64>)>, store: Option<Store>) -> Arc<Limits> {
+    /// `deployments`: (name, rpm, tpm) per deployment index. With a store, a background task persists
+    /// spend; it stops when the `Limits` is dropped.
+    pub fn new(deployments: Vec<(String, Option<u64>, Option<u64>)>, store: Option<Store>) -> Arc<Limits> {
         let with_store = store.is_some();
         let limits = Arc::new(Limits {
             keys: Mutex::new(HashMap::new()),
             deployments: deployments
                 .into_iter()
-                .map(|(rpm, tpm)| DeploymentLimit {
+                .map(|(name, rpm, tpm)| DeploymentLimit {
+                    name,
                     rpm,
                     tpm,
                     requests: Mutex::new(Gcra::default()),
@@ -416,7 +419,12 @@ impl Limits {
         if let Some(d) = self.deployments.get(dep)
             && let Some(tpm) = d.tpm
         {
-            lock(&d.tokens).charge(now, tpm, tokens);
+            // With shared limits the local bucket is this replica's share, used while Redis is away.
+            let scale = self.shared.get().map_or(1, |sh| sh.replicas);
+            lock(&d.tokens).charge(now, (tpm / scale).max(1), tokens);
+            if let Some(sh) = self.shared.get() {
+                sh.deployment_settle(&d.name, tpm, tokens);
+            }
         }
         if tenant.is_empty() {
             return;
@@ -464,20 +472,50 @@ impl Limits {
     }
 
     /// Whether deployment `dep` may take one more request now (takes it from its RPM bucket). At its
-    /// limit it is skipped like a deployment whose breaker is open.
+    /// limit it is skipped like a deployment whose breaker is open. These are this replica's own
+    /// buckets; [`Limits::deployment_admit_shared`] is the check the request path makes.
     pub fn deployment_admit(&self, dep: usize) -> bool {
+        self.deployment_admit_scaled(dep, 1)
+    }
+
+    /// [`Limits::deployment_admit`] with the limits divided by `scale` (each at least 1).
+    fn deployment_admit_scaled(&self, dep: usize, scale: u64) -> bool {
         let Some(d) = self.deployments.get(dep) else {
             return true;
         };
         let now = Instant::now();
         if let Some(tpm) = d.tpm
-            && lock(&d.tokens).peek(now, tpm).is_err()
+            && lock(&d.tokens).peek(now, (tpm / scale).max(1)).is_err()
         {
             return false;
         }
         match d.rpm {
-            Some(rpm) => lock(&d.requests).take(now, rpm, 1).is_ok(),
+            Some(rpm) => lock(&d.requests).take(now, (rpm / scale).max(1), 1).is_ok(),
             None => true,
+        }
+    }
+
+    /// The deployment check of the request path. With `[limits] backend = "redis"` a deployment's
+    /// rpm/tpm are one budget for all replicas, counted in Redis; when Redis cannot answer,
+    /// `on_redis_error` applies (`local`: this replica's share, the limits divided by `replicas`).
+    /// A deployment without limits never waits on Redis.
+    pub async fn deployment_admit_shared(&self, dep: usize) -> bool {
+        let Some(d) = self.deployments.get(dep) else {
+            return true;
+        };
+        if d.rpm.is_none() && d.tpm.is_none() {
+            return true;
+        }
+        let Some(sh) = self.shared.get() else {
+            return self.deployment_admit(dep);
+        };
+        match sh.deployment_admit(&d.name, d.rpm, d.tpm).await {
+            Ok(admitted) => admitted,
+            Err(()) => match sh.policy {
+                crate::limits_redis::OnError::Local => self.deployment_admit_scaled(dep, sh.replicas),
+                crate::limits_redis::OnError::FailOpen => true,
+                crate::limits_redis::OnError::FailClosed => false,
+            },
         }
     }
 
@@ -743,7 +781,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deployment_limits_skip_a_deployment_at_quota() {
-        let l = Limits::new(vec![(Some(2), None), (None, Some(100)), (None, None)], None);
+        let l = Limits::new(
+            vec![
+                ("a".into(), Some(2), None),
+                ("b".into(), None, Some(100)),
+                ("c".into(), None, None),
+            ],
+            None,
+        );
         assert!(l.deployment_admit(0) && l.deployment_admit(0));
         assert!(!l.deployment_admit(0));
         tokio::time::advance(Duration::from_secs(30)).await;

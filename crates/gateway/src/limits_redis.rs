@@ -390,28 +390,17 @@ impl RedisLimits {
             .arg(expire_at)
             .arg(&id)
             .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX));
-        let mut conn = self.conn.clone();
-        let reply = match tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await {
-            Ok(Ok(v)) if v.len() == 4 => v,
-            Ok(Ok(v)) => {
-                self.failed("admit", &format!("unexpected reply of {} values", v.len()));
-                return Err(());
-            }
-            Ok(Err(e)) => {
-                self.failed("admit", &e.to_string());
-                return Err(());
-            }
-            Err(_) => {
-                // The script may still run after we gave up: give back the slot it would take (the
-                // release follows it on the same connection).
-                if rec.max_concurrent.is_some() {
+        let reply = match self.run_admit(&inv, "admit").await {
+            Ok(v) => v,
+            Err(timed_out) => {
+                if timed_out && rec.max_concurrent.is_some() {
+                    // The script may still run after we gave up: give back the slot it would take (the
+                    // release follows it on the same connection).
                     self.push(Op::Release { conc_key, id });
                 }
-                self.failed("admit", "timed out");
                 return Err(());
             }
         };
-        self.succeeded();
         let left = |n: i64| u64::try_from(n).unwrap_or(0);
         let headers = RateHeaders {
             requests: rec.rpm.map(|l| (l, left(reply[1]))),
@@ -459,6 +448,74 @@ impl RedisLimits {
                 headers,
             ),
         })
+    }
+
+    /// Runs the admission script with the caller's keys and arguments. `Err(timed_out)` when Redis did
+    /// not answer properly (counted, and Redis is left alone for a moment).
+    async fn run_admit(&self, inv: &redis::ScriptInvocation<'_>, op: &'static str) -> Result<Vec<i64>, bool> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await {
+            Ok(Ok(v)) if v.len() == 4 => {
+                self.succeeded();
+                Ok(v)
+            }
+            Ok(Ok(v)) => {
+                self.failed(op, &format!("unexpected reply of {} values", v.len()));
+                Err(false)
+            }
+            Ok(Err(e)) => {
+                self.failed(op, &e.to_string());
+                Err(false)
+            }
+            Err(_) => {
+                self.failed(op, "timed out");
+                Err(true)
+            }
+        }
+    }
+
+    /// Takes one request from deployment `name`'s shared RPM window if it has one left and its shared
+    /// TPM bucket is not spent. `Ok(false)`: at its limit. `Err(())`: Redis did not answer in time.
+    pub async fn deployment_admit(&self, name: &str, rpm: Option<u64>, tpm: Option<u64>) -> Result<bool, ()> {
+        if self.is_down() {
+            self.errors.get_or_create(&LimitOp { op: "admit_skipped" }).inc();
+            return Err(());
+        }
+        // The key script without concurrency or budget: rpm window, tpm bucket, two unused keys.
+        let mut inv = self.admit_script.prepare_invoke();
+        inv.key(format!("{PREFIX}dep:rpm:{name}"))
+            .key(format!("{PREFIX}dep:tpm:{name}"))
+            .key(format!("{PREFIX}dep:conc:{name}"))
+            .key(format!("{PREFIX}dep:spend:{name}"))
+            .arg(rpm.unwrap_or(0))
+            .arg(tpm.unwrap_or(0))
+            .arg(0)
+            .arg(-1)
+            .arg(0)
+            .arg(0)
+            .arg(self.next_id())
+            .arg(0);
+        match self.run_admit(&inv, "deployment_admit").await {
+            Ok(reply) => Ok(reply[0] == 0),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Queues a deployment's served tokens toward its shared TPM bucket.
+    pub fn deployment_settle(&self, name: &str, tpm: u64, tokens: u64) {
+        if tpm == 0 || tokens == 0 {
+            return;
+        }
+        self.push(Op::Settle {
+            id: self.next_id(),
+            tpm_key: format!("{PREFIX}dep:tpm:{name}"),
+            tpm,
+            tokens,
+            spend_key: String::new(),
+            cost: 0,
+            seed: 0,
+            expire_at: 0,
+        });
     }
 
     /// Queues a settled call's tokens (toward the key's TPM) and cost (toward its budget) for Redis.

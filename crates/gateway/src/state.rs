@@ -141,7 +141,7 @@ impl AppState {
         let ledger = Ledger::new(&cfg, &deployments);
         let auth = crate::auth::Auth::from_config(&cfg).await?;
         let limits = crate::limits::Limits::new(
-            cfg.deployments.iter().map(|d| (d.rpm, d.tpm)).collect(),
+            cfg.deployments.iter().map(|d| (d.name.clone(), d.rpm, d.tpm)).collect(),
             auth.store.clone(),
         );
         if cfg.limits.backend == "redis" {

@@ -72,7 +72,7 @@ where
     let mut soonest_retry: Option<Duration> = None;
     for (position, &i) in plan.candidates.iter().enumerate() {
         let d = &st.deployments[i];
-        if !st.limits.deployment_admit(i) {
+        if !st.limits.deployment_admit_shared(i).await {
             tried.push(format!("{} (at its rpm/tpm limit)", d.name));
             continue;
         }

@@ -492,3 +492,79 @@ async fn each_redis_error_policy_applies_when_redis_is_unreachable() {
     drop(gw);
     db.drop().await;
 }
+
+/// Sets a deployment's rpm/tpm in a test config.
+fn deployment_limits(c: &mut Config, name: &str, rpm: Option<u64>, tpm: Option<u64>) {
+    let d = c.deployments.iter_mut().find(|d| d.name == name).unwrap();
+    d.rpm = rpm;
+    d.tpm = tpm;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deployment_rpm_and_tpm_are_one_budget_for_all_replicas() {
+    let Some(redis) = Redis::start() else { return };
+    let db = Db::new(false).await;
+    let gws = Arc::new(
+        replicas(3, &db, &redis, |c| {
+            deployment_limits(c, "local", Some(6), None);
+            deployment_limits(c, "cloud", None, Some(1));
+        })
+        .await,
+    );
+    // RPM: 30 concurrent requests naming `local` spread over three replicas. Each replica's own window
+    // would let 18 through; the shared one lets exactly 6.
+    let tasks = (0..30).map(|i| {
+        let gws = gws.clone();
+        tokio::spawn(async move { chat(&gws[i % 3], MASTER, &format!("d{i}")).await })
+    });
+    let results: Vec<(u16, String)> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(ok, 6, "{results:?}");
+    assert!(
+        results.iter().all(|r| r.0 == 200 || r.0 == 503 || r.0 == 429),
+        "{results:?}"
+    );
+
+    // TPM: one answer from `cloud` on replica 0 spends its 1 token a minute. Replica 2 never served it,
+    // so only the shared bucket can make it refuse, once replica 0's usage reached Redis.
+    let cloud = |gw: usize, text: String| {
+        let gws = gws.clone();
+        async move {
+            let r = client()
+                .post(gws[gw].chat_url())
+                .bearer_auth(MASTER)
+                .json(&chat_body("cloud", &text))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(cloud(0, "first".into()).await, 200);
+    let conn = redis_conn(&redis).await;
+    assert!(
+        until(Duration::from_secs(10), || {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("EXISTS")
+                    .arg("optiroute:lim:dep:tpm:cloud")
+                    .query_async::<bool>(&mut conn)
+                    .await
+                    .unwrap_or(false)
+            }
+        })
+        .await,
+        "replica 0's token usage never reached Redis"
+    );
+    assert_ne!(
+        cloud(2, "second".into()).await,
+        200,
+        "replica 2 served a deployment whose shared token budget is spent"
+    );
+    for gw in gws.iter() {
+        let errors = metric_sum(&gw.metrics().await, "llm_limits_redis_errors_total");
+        assert_eq!(errors, 0.0, "Redis failed during the test: the fallback applied");
+    }
+    drop(gws);
+    db.drop().await;
+}
