@@ -49,11 +49,19 @@ impl std::ops::AddAssign for Nanos {
 impl std::fmt::Display for Nanos {
     /// Dollars with nine decimals, trailing zeros trimmed (at least two decimals kept).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let whole = self.0 / 1_000_000_000;
-        let frac = format!("{:09}", self.0 % 1_000_000_000);
-        let trimmed = frac.trim_end_matches('0');
-        let shown = if trimmed.len() < 2 { &frac[..2] } else { trimmed };
-        write!(f, "{whole}.{shown}")
+        // On every response (headers, log line): digits on the stack, no allocation.
+        let mut frac = self.0 % 1_000_000_000;
+        let mut digits = [b'0'; 9];
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        let mut len = digits.len();
+        while len > 2 && digits[len - 1] == b'0' {
+            len -= 1;
+        }
+        write!(f, "{}.", self.0 / 1_000_000_000)?;
+        f.write_str(std::str::from_utf8(&digits[..len]).map_err(|_| std::fmt::Error)?)
     }
 }
 
@@ -193,5 +201,21 @@ mod tests {
         assert_eq!(Nanos(0).to_string(), "0.00");
         assert_eq!(Nanos(13_500).to_string(), "0.0000135");
         assert_eq!(Nanos::from_usd(12.5).to_string(), "12.50");
+        assert_eq!(Nanos(1_000_000_001).to_string(), "1.000000001");
+        assert_eq!(Nanos(u64::MAX).to_string(), "18446744073.709551615");
+        // Against the obvious string-based rendering, over a spread of magnitudes.
+        let reference = |n: u64| {
+            let frac = format!("{:09}", n % 1_000_000_000);
+            let trimmed = frac.trim_end_matches('0');
+            let shown = if trimmed.len() < 2 { &frac[..2] } else { trimmed };
+            format!("{}.{shown}", n / 1_000_000_000)
+        };
+        let mut n = 1u64;
+        while n < u64::MAX / 7 {
+            for v in [n, n - 1, n * 10, n + 123_456] {
+                assert_eq!(Nanos(v).to_string(), reference(v), "{v}");
+            }
+            n = n * 7 + 3;
+        }
     }
 }
