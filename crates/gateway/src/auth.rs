@@ -49,12 +49,15 @@ impl Principal {
     }
 }
 
+/// Key lookups by key hash (`None`: no such key), shared with [`crate::key_events`].
+pub type KeyCache = moka::future::Cache<String, Option<Arc<KeyRecord>>>;
+
 /// Authentication state: whether auth is on, the master key's hash, the store and the lookup cache.
 pub struct Auth {
     pub enabled: bool,
     master: Option<[u8; 32]>,
     pub store: Option<Store>,
-    cache: moka::future::Cache<String, Option<Arc<KeyRecord>>>,
+    cache: KeyCache,
     pub protect_metrics: bool,
     pub cache_ttl: Duration,
 }
@@ -212,6 +215,11 @@ impl Auth {
     /// Drops a key's cached lookup so a change made through this process applies at once.
     pub async fn forget(&self, rec: &KeyRecord) {
         self.cache.invalidate(&rec.hash).await;
+    }
+
+    /// The lookup cache (a handle to the same entries).
+    pub fn cache(&self) -> KeyCache {
+        self.cache.clone()
     }
 }
 

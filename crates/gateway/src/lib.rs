@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod key_events;
 pub mod ledger;
 pub mod limits;
 pub mod limits_redis;

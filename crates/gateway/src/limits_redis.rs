@@ -272,7 +272,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The Redis URL from `[limits] redis_url` (maybe `env:NAME`).
-fn redis_url(cfg: &LimitsConfig) -> anyhow::Result<String> {
+pub(crate) fn redis_url(cfg: &LimitsConfig) -> anyhow::Result<String> {
     let url = cfg
         .redis_url
         .clone()

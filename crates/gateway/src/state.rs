@@ -70,6 +70,8 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     /// Per-key and per-deployment rate limits, concurrency and budgets.
     pub limits: Arc<crate::limits::Limits>,
+    /// Key changes published to and received from the other replicas (`[limits] backend = "redis"`).
+    pub key_events: Option<crate::key_events::KeyEvents>,
     /// One row per finished request, written to the store in the background (or disabled).
     pub request_log: Arc<crate::request_log::RequestLog>,
 }
@@ -150,6 +152,15 @@ impl AppState {
                 metrics.limits_redis_errors.clone(),
             )?);
         }
+        let key_events = match (&auth.store, cfg.limits.backend.as_str()) {
+            (Some(_), "redis") => Some(crate::key_events::KeyEvents::start(
+                &crate::limits_redis::redis_url(&cfg.limits)?,
+                std::time::Duration::from_millis(cfg.limits.redis_timeout_ms),
+                auth.cache(),
+                metrics.limits_redis_errors.clone(),
+            )?),
+            _ => None,
+        };
         let log_wanted = cfg
             .store
             .request_log
@@ -180,8 +191,18 @@ impl AppState {
             coalescer: crate::engine::Coalescer::default(),
             auth,
             limits,
+            key_events,
             request_log,
         }))
+    }
+
+    /// Applies a changed or revoked key at once: drops this replica's cached lookup and tells the
+    /// other replicas to drop theirs.
+    pub async fn key_changed(&self, rec: &crate::store::KeyRecord) {
+        self.auth.forget(rec).await;
+        if let Some(ev) = &self.key_events {
+            ev.publish(&rec.hash).await;
+        }
     }
 
     /// Records a breaker state change in metrics and the log.

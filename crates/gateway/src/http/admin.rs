@@ -100,7 +100,7 @@ pub async fn update_key(State(st): State<SharedState>, Path(id): Path<String>, b
             let store = store(&st)?;
             let spec = parse_spec(&body)?;
             let rec = store.update_key(&id, &spec).await.map_err(store_error)?;
-            st.auth.forget(&rec).await;
+            st.key_changed(&rec).await;
             tracing::info!(key_id = %rec.id, "virtual key updated");
             Ok(axum::Json(rec.to_json(st.limits.spent(&rec))).into_response())
         }
@@ -112,7 +112,7 @@ pub async fn revoke_key(State(st): State<SharedState>, Path(id): Path<String>) -
     reply(
         async {
             let rec = store(&st)?.revoke_key(&id).await.map_err(store_error)?;
-            st.auth.forget(&rec).await;
+            st.key_changed(&rec).await;
             tracing::info!(key_id = %rec.id, "virtual key revoked");
             Ok(axum::Json(rec.to_json(st.limits.spent(&rec))).into_response())
         }

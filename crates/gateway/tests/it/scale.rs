@@ -342,38 +342,55 @@ async fn redis_killed_during_load_every_request_answers_and_limits_recover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_key_revoked_on_one_replica_is_refused_on_another_within_the_cache_ttl() {
+async fn without_redis_a_key_revoked_on_one_replica_is_refused_on_another_within_the_cache_ttl() {
     let Some(redis) = Redis::start() else { return };
     let db = Db::new(true).await;
     let ttl = Duration::from_millis(500);
-    let gws = replicas(2, &db, &redis, |c| c.auth.key_cache_ttl_ms = 500).await;
+    // Without shared state in Redis there are no change notifications: the cache TTL is the bound.
+    let gws = replicas(2, &db, &redis, |c| {
+        c.auth.key_cache_ttl_ms = 500;
+        c.limits.backend = "memory".into();
+    })
+    .await;
     let (key, id) = create_key(&gws[0], json!({"name": "rev", "rpm": 1000})).await;
     assert_eq!(chat(&gws[1], &key, "cached on b").await.0, 200);
-    let r = client()
-        .delete(format!("{}/admin/keys/{id}", gws[0].url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    revoke(&gws[0], &id).await;
     let revoked = Instant::now();
     assert_eq!(
         chat(&gws[0], &key, "on a").await.0,
         401,
         "A applies its own revocation at once"
     );
-    let mut i = 0;
-    let refused = until(ttl + Duration::from_secs(5), || {
-        i += 1;
-        let (gw, key, text) = (&gws[1], key.clone(), format!("b {i}"));
-        async move { chat(gw, &key, &text).await.0 == 401 }
-    })
-    .await;
-    assert!(refused, "B still accepts a revoked key");
+    assert!(
+        refused_within(&gws[1], &key, ttl + Duration::from_secs(5)).await,
+        "B still accepts a revoked key"
+    );
     let took = revoked.elapsed();
     assert!(took <= ttl + Duration::from_secs(2), "revocation took {took:?} on B");
     drop(gws);
     db.drop().await;
+}
+
+/// Revokes key `id` through `gw`'s admin API.
+async fn revoke(gw: &TestGateway, id: &str) {
+    let r = client()
+        .delete(format!("{}/admin/keys/{id}", gw.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Whether `gw` refuses `key` (401) within `within`, asking with a fresh prompt each time.
+async fn refused_within(gw: &TestGateway, key: &str, within: Duration) -> bool {
+    let mut i = 0;
+    until(within, || {
+        i += 1;
+        let text = format!("probe {i}");
+        async move { chat(gw, key, &text).await.0 == 401 }
+    })
+    .await
 }
 
 async fn request_log_rows_reach_the_store(pg: bool) {
@@ -564,6 +581,27 @@ async fn deployment_rpm_and_tpm_are_one_budget_for_all_replicas() {
     for gw in gws.iter() {
         let errors = metric_sum(&gw.metrics().await, "llm_limits_redis_errors_total");
         assert_eq!(errors, 0.0, "Redis failed during the test: the fallback applied");
+    }
+    drop(gws);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_reaches_the_other_replicas_through_redis_long_before_the_cache_ttl() {
+    let Some(redis) = Redis::start() else { return };
+    let db = Db::new(false).await;
+    // Ten minutes of key cache: without the published change B would accept the key all that time.
+    let gws = replicas(2, &db, &redis, |c| c.auth.key_cache_ttl_ms = 600_000).await;
+    let (key, id) = create_key(&gws[0], json!({"name": "pubsub", "rpm": 1000})).await;
+    assert_eq!(chat(&gws[1], &key, "cached on b").await.0, 200);
+    revoke(&gws[0], &id).await;
+    assert!(
+        refused_within(&gws[1], &key, Duration::from_secs(5)).await,
+        "B still accepts a key revoked on A"
+    );
+    for gw in gws.iter() {
+        let errors = metric_sum(&gw.metrics().await, "llm_limits_redis_errors_total");
+        assert_eq!(errors, 0.0, "Redis failed during the test");
     }
     drop(gws);
     db.drop().await;
