@@ -475,46 +475,46 @@ impl Limits {
     /// limit it is skipped like a deployment whose breaker is open. These are this replica's own
     /// buckets; [`Limits::deployment_admit_shared`] is the check the request path makes.
     pub fn deployment_admit(&self, dep: usize) -> bool {
-        self.deployment_admit_scaled(dep, 1)
+        self.deployment_admit_scaled(dep, 1).is_ok()
     }
 
-    /// [`Limits::deployment_admit`] with the limits divided by `scale` (each at least 1).
-    fn deployment_admit_scaled(&self, dep: usize, scale: u64) -> bool {
+    /// [`Limits::deployment_admit`] with the limits divided by `scale` (each at least 1); `Err` holds
+    /// how long until the deployment has room again.
+    fn deployment_admit_scaled(&self, dep: usize, scale: u64) -> Result<(), Duration> {
         let Some(d) = self.deployments.get(dep) else {
-            return true;
+            return Ok(());
         };
         let now = Instant::now();
-        if let Some(tpm) = d.tpm
-            && lock(&d.tokens).peek(now, (tpm / scale).max(1)).is_err()
-        {
-            return false;
+        if let Some(tpm) = d.tpm {
+            lock(&d.tokens).peek(now, (tpm / scale).max(1))?;
         }
-        match d.rpm {
-            Some(rpm) => lock(&d.requests).take(now, (rpm / scale).max(1), 1).is_ok(),
-            None => true,
+        if let Some(rpm) = d.rpm {
+            lock(&d.requests).take(now, (rpm / scale).max(1), 1)?;
         }
+        Ok(())
     }
 
-    /// The deployment check of the request path. With `[limits] backend = "redis"` a deployment's
+    /// The deployment check of the request path: `Err(wait)` when the deployment is at its rpm/tpm
+    /// limit, with the time until it has room. With `[limits] backend = "redis"` a deployment's
     /// rpm/tpm are one budget for all replicas, counted in Redis; when Redis cannot answer,
     /// `on_redis_error` applies (`local`: this replica's share, the limits divided by `replicas`).
     /// A deployment without limits never waits on Redis.
-    pub async fn deployment_admit_shared(&self, dep: usize) -> bool {
+    pub async fn deployment_admit_shared(&self, dep: usize) -> Result<(), Duration> {
         let Some(d) = self.deployments.get(dep) else {
-            return true;
+            return Ok(());
         };
         if d.rpm.is_none() && d.tpm.is_none() {
-            return true;
+            return Ok(());
         }
         let Some(sh) = self.shared.get() else {
-            return self.deployment_admit(dep);
+            return self.deployment_admit_scaled(dep, 1);
         };
         match sh.deployment_admit(&d.name, d.rpm, d.tpm).await {
-            Ok(admitted) => admitted,
+            Ok(verdict) => verdict,
             Err(()) => match sh.policy {
                 crate::limits_redis::OnError::Local => self.deployment_admit_scaled(dep, sh.replicas),
-                crate::limits_redis::OnError::FailOpen => true,
-                crate::limits_redis::OnError::FailClosed => false,
+                crate::limits_redis::OnError::FailOpen => Ok(()),
+                crate::limits_redis::OnError::FailClosed => Err(Duration::from_secs(1)),
             },
         }
     }

@@ -475,8 +475,14 @@ impl RedisLimits {
     }
 
     /// Takes one request from deployment `name`'s shared RPM window if it has one left and its shared
-    /// TPM bucket is not spent. `Ok(false)`: at its limit. `Err(())`: Redis did not answer in time.
-    pub async fn deployment_admit(&self, name: &str, rpm: Option<u64>, tpm: Option<u64>) -> Result<bool, ()> {
+    /// TPM bucket is not spent. `Ok(Err(wait))`: at its limit, with room again after `wait`.
+    /// `Err(())`: Redis did not answer in time.
+    pub async fn deployment_admit(
+        &self,
+        name: &str,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+    ) -> Result<Result<(), Duration>, ()> {
         if self.is_down() {
             self.errors.get_or_create(&LimitOp { op: "admit_skipped" }).inc();
             return Err(());
@@ -496,7 +502,8 @@ impl RedisLimits {
             .arg(self.next_id())
             .arg(0);
         match self.run_admit(&inv, "deployment_admit").await {
-            Ok(reply) => Ok(reply[0] == 0),
+            Ok(reply) if reply[0] == 0 => Ok(Ok(())),
+            Ok(reply) => Ok(Err(Duration::from_millis(u64::try_from(reply[3]).unwrap_or(0).max(1)))),
             Err(_) => Err(()),
         }
     }

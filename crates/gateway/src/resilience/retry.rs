@@ -70,10 +70,15 @@ where
     let mut tried: Vec<String> = Vec::new();
     let mut last: Option<UpstreamError> = None;
     let mut soonest_retry: Option<Duration> = None;
+    // Candidates skipped because they are at their rpm/tpm quota, and the soonest one has room again.
+    let mut quota_skipped = 0usize;
+    let mut quota_wait: Option<Duration> = None;
     for (position, &i) in plan.candidates.iter().enumerate() {
         let d = &st.deployments[i];
-        if !st.limits.deployment_admit_shared(i).await {
+        if let Err(wait) = st.limits.deployment_admit_shared(i).await {
             tried.push(format!("{} (at its rpm/tpm limit)", d.name));
+            quota_wait = Some(quota_wait.map_or(wait, |w: Duration| w.min(wait)));
+            quota_skipped += 1;
             continue;
         }
         for attempt in 0..res.max_attempts {
@@ -148,6 +153,21 @@ where
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+    if quota_skipped > 0 && quota_skipped == plan.candidates.len() {
+        // Nothing failed: every deployment that could serve is at its provider quota. That is a rate
+        // limit, and the client should come back when the first of them has room.
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "every deployment that could serve this request is at its rpm/tpm quota; tried: {}",
+                tried.join(", ")
+            ),
+        )
+        .with_code("deployment_quota_exceeded");
+        e.retry_after = Some(quota_wait.unwrap_or(Duration::from_secs(1)).max(Duration::from_secs(1)));
+        return Err(e);
     }
     Err(exhausted(&tried, last, plan.candidates.len(), soonest_retry, false))
 }

@@ -360,11 +360,13 @@ async fn deployment_rpm_falls_back_instead_of_exceeding_a_provider_quota() {
         served.push(h["x-optiroute-deployment"].to_str().unwrap().to_owned());
     }
     assert_eq!(served, ["local", "local", "cloud", "cloud"]);
-    // Addressed directly, a deployment at its quota is refused (503 with Retry-After), not called.
+    // Addressed directly, a deployment at its quota is not called: 429 with the time until it has
+    // room (2 rpm: a slot every 30 s).
     let (s, h, b) = chat(&gw, None, "local", "direct", false).await;
-    assert_eq!(s, 503, "{b}");
-    assert!(b.contains("rpm/tpm limit"), "{b}");
-    assert!(h.contains_key("retry-after"));
+    assert_eq!(s, 429, "{b}");
+    assert!(b.contains("rpm/tpm") && b.contains("deployment_quota_exceeded"), "{b}");
+    let wait: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&wait), "retry-after {wait}");
 }
 
 // ------------------------------------------------------------------------------------------------
