@@ -877,6 +877,14 @@ impl LiveStream {
         self.meta.latency_ms = ms(self.started.elapsed());
         self.meta.ttft_ms = self.ttft.map(ms);
         crate::request_log::finished(&st, &self.request_id, &self.tenant, &self.meta, 200);
+        access_log(
+            &self.request_id,
+            &self.req.model,
+            200,
+            self.started,
+            Some(&self.meta),
+            true,
+        );
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, true);
         // For streams, gateway overhead is the time spent before the upstream was called.
@@ -937,6 +945,14 @@ impl LiveStream {
             .record_request(self.started.elapsed().as_micros() as u64, cost, false);
         let spent = (cost, usage, self.started.elapsed());
         crate::request_log::finished_partial(&st, &self.request_id, &self.tenant, &self.meta, 502, spent);
+        access_log(
+            &self.request_id,
+            &self.req.model,
+            502,
+            self.started,
+            Some(&self.meta),
+            true,
+        );
         tracing::warn!(deployment = %d.name, error = %e, "stream failed after its first byte; not retried");
         let api: ApiError = e.clone().into();
         if let Ok(json) = serde_json::to_vec(&api.body()) {
@@ -965,12 +981,42 @@ impl Drop for LiveStream {
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         let spent = (cost, usage, self.started.elapsed());
         crate::request_log::finished_partial(&st, &self.request_id, &self.tenant, &self.meta, 499, spent);
+        access_log(
+            &self.request_id,
+            &self.req.model,
+            499,
+            self.started,
+            Some(&self.meta),
+            true,
+        );
         // A cancellation is the client's choice, not an error.
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, true);
         d.in_flight.fetch_sub(1, Relaxed);
         st.metrics.in_flight.dec();
         tracing::info!(deployment = %d.name, "client disconnected mid-stream; upstream request cancelled");
+    }
+}
+
+/// The access log's target, as before the line moved here (`RUST_LOG` filters may name it).
+const ACCESS_TARGET: &str = "optiroute::http::chat";
+
+/// The access log line of one request: who, what, where it went, status, latency, tokens, cost.
+/// Live streams log it when they end, with their total latency.
+pub fn access_log(request_id: &str, model: &str, status: u16, started: Instant, meta: Option<&Meta>, stream: bool) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match meta {
+        Some(m) => tracing::info!(
+            target: ACCESS_TARGET,
+            request_id = %request_id, model, status, stream, latency_ms,
+            provider = %m.provider, deployment = %m.deployment, tier = m.tier.as_deref().unwrap_or(""),
+            route_reason = %m.route_reason, cache = m.cache.as_str(),
+            prompt_tokens = m.usage.map(|u| u.prompt_tokens), completion_tokens = m.usage.map(|u| u.completion_tokens),
+            cost_usd = %m.cost_usd, "request"
+        ),
+        None => {
+            tracing::info!(target: ACCESS_TARGET, request_id = %request_id, model, status, stream, latency_ms, "request")
+        }
     }
 }
 

@@ -203,17 +203,7 @@ fn set_meta_headers(h: &mut HeaderMap, meta: &Meta, with_cost: bool) {
 }
 
 fn log_line(id: &RequestId, model: &str, status: u16, started: Instant, meta: Option<&Meta>, stream: bool) {
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match meta {
-        Some(m) => tracing::info!(
-            request_id = %id.0, model, status, stream, latency_ms,
-            provider = %m.provider, deployment = %m.deployment, tier = m.tier.as_deref().unwrap_or(""),
-            route_reason = %m.route_reason, cache = m.cache.as_str(),
-            prompt_tokens = m.usage.map(|u| u.prompt_tokens), completion_tokens = m.usage.map(|u| u.completion_tokens),
-            cost_usd = %m.cost_usd, "request"
-        ),
-        None => tracing::info!(request_id = %id.0, model, status, stream, latency_ms, "request"),
-    }
+    engine::access_log(&id.0, model, status, started, meta, stream);
 }
 
 pub async fn chat_completions(
@@ -243,7 +233,11 @@ pub async fn chat_completions(
     if req.is_stream() {
         match engine::stream(&st, req, &ctx).await {
             Ok(reply) => {
-                log_line(&id, &model, 200, started, Some(&reply.meta), true);
+                // A live stream logs its line when it ends (with its tokens and cost), so nothing
+                // stands between the upstream's first token and the client's; a replay logs now.
+                if reply.meta.cache == engine::CacheStatus::Hit {
+                    log_line(&id, &model, 200, started, Some(&reply.meta), true);
+                }
                 let mut resp = Response::new(Body::from_stream(reply.body));
                 let h = resp.headers_mut();
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
