@@ -1,4 +1,5 @@
-"""End-to-end: the gateway calls an OpenAI-compatible upstream over HTTPS.
+"""End-to-end: the gateway calls an OpenAI-compatible upstream over HTTPS, directly or through an
+egress proxy named by HTTPS_PROXY (a CONNECT tunnel; NO_PROXY honoured).
 
 The upstream is a real TLS server (Python's ssl module) with a certificate issued by a throwaway
 CA made with the openssl CLI. The gateway trusts the machine's roots, read by rustls through
@@ -8,6 +9,7 @@ handshake: certificate checks are on, and the API key only ever travels inside T
 
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -79,6 +81,61 @@ class Upstream(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class ConnectProxy:
+    """A forward proxy that only tunnels (HTTP CONNECT), recording each target it was asked for."""
+
+    def __init__(self):
+        self.targets = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        line = head.split(b"\r\n", 1)[0].decode()
+        method, target, _ = line.split(" ", 2)
+        if method != "CONNECT":
+            client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
+            client.close()
+            return
+        self.targets.append(target)
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        def pipe(a, b):
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+        pipe(client, upstream)
+
+    def close(self):
+        self.sock.close()
+
+
 class TlsUpstreamTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -136,6 +193,33 @@ tier = "cloud"
             model="s", messages=[{"role": "user", "content": "stream it"}], stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         self.assertEqual(text, "tls reply to: stream it")
+
+    def test_through_an_egress_proxy_named_by_https_proxy(self):
+        proxy = ConnectProxy()
+        port = self.server.server_address[1]
+        ca = os.path.join(self.dir.name, "ca.pem")
+        try:
+            env = {"TLS_TEST_KEY": KEY, "SSL_CERT_FILE": ca, "HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}",
+                   "NO_PROXY": "", "no_proxy": ""}
+            with Gateway("--config", self.config, env=env) as gw:
+                client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+                r = client.chat.completions.create(model="s", messages=[{"role": "user", "content": "via proxy"}])
+                self.assertEqual(r.choices[0].message.content, "tls reply to: via proxy")
+                stream = client.chat.completions.create(
+                    model="s", messages=[{"role": "user", "content": "streamed via proxy"}], stream=True)
+                text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+                self.assertEqual(text, "tls reply to: streamed via proxy")
+            self.assertIn(f"localhost:{port}", proxy.targets, "the upstream was not reached through the proxy")
+            # NO_PROXY exempts the upstream: straight there, the proxy sees nothing.
+            proxy.targets.clear()
+            env["NO_PROXY"] = "localhost"
+            with Gateway("--config", self.config, env=env) as gw:
+                client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+                r = client.chat.completions.create(model="s", messages=[{"role": "user", "content": "direct"}])
+                self.assertEqual(r.choices[0].message.content, "tls reply to: direct")
+            self.assertEqual(proxy.targets, [])
+        finally:
+            proxy.close()
 
     def test_an_untrusted_certificate_is_refused(self):
         Upstream.seen.clear()

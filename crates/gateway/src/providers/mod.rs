@@ -96,8 +96,57 @@ type HttpClient = hyper_util::client::legacy::Client<
     http_body_util::Full<Bytes>,
 >;
 
+/// How a provider's requests leave the gateway.
+enum Transport {
+    /// Straight to the upstream: hyper's pooled client (boxed: it is large, and built once).
+    Direct(Box<HttpClient>),
+    /// Through the egress proxy that `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` name for this base URL
+    /// (`NO_PROXY` honoured): reqwest, which speaks CONNECT tunnels and absolute-form requests.
+    Proxied(reqwest::Client),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project_lite::pin_project! {
+    /// A response body from either transport.
+    #[project = UpstreamBodyProj]
+    pub enum UpstreamBody {
+        Direct { #[pin] body: hyper::body::Incoming },
+        Proxied { #[pin] body: reqwest::Body },
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            UpstreamBodyProj::Direct { body } => body.poll_frame(cx).map_err(Into::into),
+            UpstreamBodyProj::Proxied { body } => body.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Direct { body } => body.is_end_stream(),
+            UpstreamBody::Proxied { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Direct { body } => body.size_hint(),
+            UpstreamBody::Proxied { body } => body.size_hint(),
+        }
+    }
+}
+
 /// A response whose status and headers have arrived; the body streams.
-pub type UpstreamResponse = http::Response<hyper::body::Incoming>;
+pub type UpstreamResponse = http::Response<UpstreamBody>;
 
 /// Largest success body read whole (a non-streaming completion); larger is a protocol error.
 const MAX_BODY: usize = 64 << 20;
@@ -107,7 +156,7 @@ const MAX_ERROR_BODY: usize = 1 << 20;
 /// The HTTP side shared by every remote provider: a pooled client, base URL, auth headers, timeouts.
 pub struct Upstream {
     pub name: String,
-    client: HttpClient,
+    transport: Transport,
     pub base_url: String,
     /// `base_url` joined with each endpoint path a provider calls, parsed once: URL parsing was a
     /// measurable share of the per-request CPU.
@@ -127,6 +176,29 @@ pub enum Auth {
     Bearer,
     /// `x-api-key: KEY` (Anthropic).
     XApiKey,
+}
+
+/// The transport for `base`: through the environment's egress proxy if it names one for this URL,
+/// else direct.
+fn transport(cfg: &ProviderConfig, base: &http::Uri) -> Result<Transport, String> {
+    if hyper_util::client::proxy::matcher::Matcher::from_env()
+        .intercept(base)
+        .is_none()
+    {
+        return http_client(cfg).map(|c| Transport::Direct(Box::new(c)));
+    }
+    tracing::info!(provider = %cfg.name, "upstream calls go through the proxy named in the environment");
+    reqwest::Client::builder()
+        .connect_timeout(cfg.timeouts.connect())
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        // Our retry module decides about retries, and a POST to an LLM API is never redirected.
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
+        .build()
+        .map(Transport::Proxied)
+        .map_err(|e| format!("provider `{}`: cannot build the proxied HTTP client: {e}", cfg.name))
 }
 
 fn http_client(cfg: &ProviderConfig) -> Result<HttpClient, String> {
@@ -195,9 +267,13 @@ impl Upstream {
                 parse_url(&base_url, path).map_err(|e| format!("provider `{}`: {e}", cfg.name))?,
             ));
         }
+        let base = urls
+            .first()
+            .map(|(_, u)| u.clone())
+            .ok_or_else(|| format!("provider `{}`: no endpoint", cfg.name))?;
         let mut up = Upstream {
             name: cfg.name.clone(),
-            client: http_client(cfg)?,
+            transport: transport(cfg, &base)?,
             base_url,
             urls,
             headers,
@@ -243,11 +319,33 @@ impl Upstream {
                 parse_url(&self.base_url, path).map_err(|e| UpstreamError::new(UpstreamKind::Connect, &self.name, e))?
             }
         };
-        let mut req = http::Request::new(http_body_util::Full::new(Bytes::from(body)));
-        *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = self.headers.clone();
-        let resp = match tokio::time::timeout(self.timeouts.first_byte(), self.client.request(req)).await {
+        let send = async {
+            match &self.transport {
+                Transport::Direct(client) => {
+                    let mut req = http::Request::new(http_body_util::Full::new(Bytes::from(body)));
+                    *req.method_mut() = http::Method::POST;
+                    *req.uri_mut() = uri;
+                    *req.headers_mut() = self.headers.clone();
+                    match client.request(req).await {
+                        Ok(r) => Ok(r.map(|body| UpstreamBody::Direct { body })),
+                        Err(e) => Err(self.transport_error(&e, e.is_connect())),
+                    }
+                }
+                Transport::Proxied(client) => {
+                    let url = reqwest::Url::parse(&uri.to_string())
+                        .map_err(|e| UpstreamError::new(UpstreamKind::Connect, &self.name, e.to_string()))?;
+                    let sent = client.post(url).headers(self.headers.clone()).body(body).send().await;
+                    match sent {
+                        Ok(r) => Ok(http::Response::from(r).map(|body| UpstreamBody::Proxied { body })),
+                        Err(e) if e.is_timeout() => {
+                            Err(UpstreamError::new(UpstreamKind::Timeout, &self.name, "timed out"))
+                        }
+                        Err(e) => Err(self.transport_error(&e, e.is_connect())),
+                    }
+                }
+            }
+        };
+        let resp = match tokio::time::timeout(self.timeouts.first_byte(), send).await {
             Err(_) => {
                 return Err(UpstreamError::new(
                     UpstreamKind::Timeout,
@@ -255,7 +353,7 @@ impl Upstream {
                     format!("no response within {} ms", self.timeouts.first_byte_ms),
                 ));
             }
-            Ok(Err(e)) => return Err(self.transport_error(&e)),
+            Ok(Err(e)) => return Err(e),
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
@@ -305,11 +403,11 @@ impl Upstream {
         }
     }
 
-    fn transport_error(&self, e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    fn transport_error(&self, e: &(dyn std::error::Error + 'static), connect: bool) -> UpstreamError {
         // Messages stay short and never include the URL (its query string or credentials).
         let (kind, what) = if caused_by_timeout(e) {
             (UpstreamKind::Timeout, "timed out")
-        } else if e.is_connect() {
+        } else if connect {
             (UpstreamKind::Connect, "connection failed")
         } else {
             (UpstreamKind::Interrupted, "transport error")
