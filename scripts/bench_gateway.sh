@@ -47,52 +47,33 @@ trap cleanup EXIT
 
 # launch NAME CMD...: starts a server in the background; url_of NAME waits for its
 # OPTIROUTE_LISTENING line and prints the URL.
+source "$ROOT/scripts/bench_lib.sh"
 launch() {
   local name=$1; shift
   "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" &
   pids+=($!)
 }
-url_of() {
-  for _ in $(seq 1 400); do
-    if grep -q OPTIROUTE_LISTENING "$OUT/$1.out" 2>/dev/null; then
-      awk '/OPTIROUTE_LISTENING/ {print $2; exit}' "$OUT/$1.out"
-      return
-    fi
-    sleep 0.05
-  done
-  echo "server $1 did not start" >&2; cat "$OUT/$1.err" >&2; exit 1
-}
+url_of() { wait_listening "$OUT/$1.out"; }
 
 launch mock taskset -c 1 "$BIN" mock --port 0
 launch mock_slow taskset -c 1 "$BIN" mock --port 0 --chunk-delay-ms 50
 MOCK=$(url_of mock)
 MOCK_SLOW=$(url_of mock_slow)
-cat >"$OUT/gw.toml" <<TOML
-[server]
-max_connections = 20000
-[cache]
-enabled = false
-[resilience]
-max_attempts = 1
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "$MOCK/v1"
+{
+  printf '[server]\nmax_connections = 20000\n'
+  proxy_config "$MOCK"
+  cat <<TOML
 [[providers]]
 name = "mock-slow"
 kind = "openai"
 base_url = "$MOCK_SLOW/v1"
-[[deployments]]
-name = "m"
-provider = "mock"
-model = "mock-model"
-tier = "cloud"
 [[deployments]]
 name = "slow"
 provider = "mock-slow"
 model = "mock-model"
 tier = "cloud"
 TOML
+} >"$OUT/gw.toml"
 launch gw taskset -c 0 "$BIN" serve --config "$OUT/gw.toml" --port 0
 GW_PID=${pids[2]}
 launch demo taskset -c 0 "$BIN" serve --port 0 --demo-latency-ms 0

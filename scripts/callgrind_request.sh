@@ -15,37 +15,17 @@ mkdir -p "$OUT"
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
-wait_url() {
-  for _ in $(seq 1 600); do
-    grep -q OPTIROUTE_LISTENING "$1" 2>/dev/null && { awk '/OPTIROUTE_LISTENING/ {print $2; exit}' "$1"; return; }
-    sleep 0.1
-  done
-  echo "server did not start: $1" >&2; exit 1
-}
+source "$ROOT/scripts/bench_lib.sh"
 "$BIN" mock --port 0 >"$OUT/mock.out" 2>"$OUT/mock.err" &
 pids+=($!)
-MOCK=$(wait_url "$OUT/mock.out")
-cat >"$OUT/gw.toml" <<TOML
-[cache]
-enabled = false
-[resilience]
-max_attempts = 1
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "$MOCK/v1"
-[[deployments]]
-name = "m"
-provider = "mock"
-model = "mock-model"
-tier = "cloud"
-TOML
+MOCK=$(wait_listening "$OUT/mock.out")
+proxy_config "$MOCK" >"$OUT/gw.toml"
 rm -f "$OUT"/cg.out.*
 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" "$BIN" serve --config "$OUT/gw.toml" --port 0 \
   >"$OUT/gw.out" 2>"$OUT/gw.err" &
 VPID=$!
 pids+=($VPID)
-GW=$(wait_url "$OUT/gw.out")
+GW=$(wait_listening "$OUT/gw.out")
 "$BIN" bench --url "$GW" --model m --users 1 --requests 200 --mix unique >/dev/null 2>&1
 callgrind_control -z "$VPID" >/dev/null
 "$BIN" bench --url "$GW" --model m --users 1 --requests "$N" --mix unique >/dev/null 2>&1

@@ -853,6 +853,25 @@ impl LiveStream {
         }
     }
 
+    /// The stream's row in the request log and its access log line, written when it ends: `spent` is
+    /// what a stream that did not finish (`status` 502 or 499) cost so far.
+    fn log_end(&self, st: &AppState, status: u16, spent: Option<(Nanos, Usage, Duration)>) {
+        match spent {
+            None => crate::request_log::finished(st, &self.request_id, &self.tenant, &self.meta, status),
+            Some(spent) => {
+                crate::request_log::finished_partial(st, &self.request_id, &self.tenant, &self.meta, status, spent)
+            }
+        }
+        access_log(
+            &self.request_id,
+            &self.req.model,
+            status,
+            self.started,
+            Some(&self.meta),
+            true,
+        );
+    }
+
     async fn on_end(&mut self, out: &mut Vec<Bytes>) {
         self.done = true;
         let st = self.st.clone();
@@ -876,15 +895,7 @@ impl LiveStream {
         self.meta.usage = Some(usage);
         self.meta.latency_ms = ms(self.started.elapsed());
         self.meta.ttft_ms = self.ttft.map(ms);
-        crate::request_log::finished(&st, &self.request_id, &self.tenant, &self.meta, 200);
-        access_log(
-            &self.request_id,
-            &self.req.model,
-            200,
-            self.started,
-            Some(&self.meta),
-            true,
-        );
+        self.log_end(&st, 200, None);
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, true);
         // For streams, gateway overhead is the time spent before the upstream was called.
@@ -944,15 +955,7 @@ impl LiveStream {
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, false);
         let spent = (cost, usage, self.started.elapsed());
-        crate::request_log::finished_partial(&st, &self.request_id, &self.tenant, &self.meta, 502, spent);
-        access_log(
-            &self.request_id,
-            &self.req.model,
-            502,
-            self.started,
-            Some(&self.meta),
-            true,
-        );
+        self.log_end(&st, 502, Some(spent));
         tracing::warn!(deployment = %d.name, error = %e, "stream failed after its first byte; not retried");
         let api: ApiError = e.clone().into();
         if let Ok(json) = serde_json::to_vec(&api.body()) {
@@ -980,15 +983,7 @@ impl Drop for LiveStream {
         let (cost, _) = account(&st, self.dep, usage);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         let spent = (cost, usage, self.started.elapsed());
-        crate::request_log::finished_partial(&st, &self.request_id, &self.tenant, &self.meta, 499, spent);
-        access_log(
-            &self.request_id,
-            &self.req.model,
-            499,
-            self.started,
-            Some(&self.meta),
-            true,
-        );
+        self.log_end(&st, 499, Some(spent));
         // A cancellation is the client's choice, not an error.
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, true);

@@ -416,13 +416,14 @@ impl Limits {
     /// not virtual keys (no auth, the master key) only count toward deployment limits.
     pub fn settle(&self, tenant: &str, dep: usize, cost: Nanos, tokens: u64) {
         let now = Instant::now();
+        let shared = self.shared.get();
+        // With shared limits the local buckets are this replica's share, used while Redis is away.
+        let scale = shared.map_or(1, |sh| sh.replicas);
         if let Some(d) = self.deployments.get(dep)
             && let Some(tpm) = d.tpm
         {
-            // With shared limits the local bucket is this replica's share, used while Redis is away.
-            let scale = self.shared.get().map_or(1, |sh| sh.replicas);
             lock(&d.tokens).charge(now, (tpm / scale).max(1), tokens);
-            if let Some(sh) = self.shared.get() {
+            if let Some(sh) = shared {
                 sh.deployment_settle(&d.name, tpm, tokens);
             }
         }
@@ -433,9 +434,7 @@ impl Limits {
             return;
         };
         let rec = lock(&s.rec).clone();
-        // With shared limits the local buckets are this replica's share (used while Redis is away).
-        let scale = self.shared.get().map_or(1, |sh| sh.replicas);
-        if let Some(sh) = self.shared.get() {
+        if let Some(sh) = shared {
             sh.settle(&rec, tokens, cost.0, self.spent(&rec));
         }
         if let Some(tpm) = rec.tpm {
@@ -471,15 +470,8 @@ impl Limits {
         }
     }
 
-    /// Whether deployment `dep` may take one more request now (takes it from its RPM bucket). At its
-    /// limit it is skipped like a deployment whose breaker is open. These are this replica's own
-    /// buckets; [`Limits::deployment_admit_shared`] is the check the request path makes.
-    pub fn deployment_admit(&self, dep: usize) -> bool {
-        self.deployment_admit_scaled(dep, 1).is_ok()
-    }
-
-    /// [`Limits::deployment_admit`] with the limits divided by `scale` (each at least 1); `Err` holds
-    /// how long until the deployment has room again.
+    /// This replica's own buckets for deployment `dep`, with the limits divided by `scale` (each at
+    /// least 1): takes one request from its RPM bucket, or `Err` with how long until it has room.
     fn deployment_admit_scaled(&self, dep: usize, scale: u64) -> Result<(), Duration> {
         let Some(d) = self.deployments.get(dep) else {
             return Ok(());
@@ -494,12 +486,13 @@ impl Limits {
         Ok(())
     }
 
-    /// The deployment check of the request path: `Err(wait)` when the deployment is at its rpm/tpm
-    /// limit, with the time until it has room. With `[limits] backend = "redis"` a deployment's
+    /// Whether deployment `dep` may take one more request now (takes it from its RPM window). At its
+    /// rpm/tpm limit it is skipped like a deployment whose breaker is open: `Err(wait)`, the time until
+    /// it has room. With `[limits] backend = "redis"` a deployment's
     /// rpm/tpm are one budget for all replicas, counted in Redis; when Redis cannot answer,
     /// `on_redis_error` applies (`local`: this replica's share, the limits divided by `replicas`).
     /// A deployment without limits never waits on Redis.
-    pub async fn deployment_admit_shared(&self, dep: usize) -> Result<(), Duration> {
+    pub async fn deployment_admit(&self, dep: usize) -> Result<(), Duration> {
         let Some(d) = self.deployments.get(dep) else {
             return Ok(());
         };
@@ -789,17 +782,21 @@ mod tests {
             ],
             None,
         );
-        assert!(l.deployment_admit(0) && l.deployment_admit(0));
-        assert!(!l.deployment_admit(0));
+        assert!(l.deployment_admit(0).await.is_ok() && l.deployment_admit(0).await.is_ok());
+        // 2 rpm: the next slot is 30 s after the first.
+        let wait = l.deployment_admit(0).await.unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(30), "{wait:?}");
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(l.deployment_admit(0));
-        assert!(l.deployment_admit(1));
+        assert!(l.deployment_admit(0).await.is_ok());
+        assert!(l.deployment_admit(1).await.is_ok());
         l.settle("", 1, Nanos::ZERO, 100);
-        assert!(!l.deployment_admit(1));
+        assert!(l.deployment_admit(1).await.is_err());
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert!(l.deployment_admit(1));
-        assert!((0..1000).all(|_| l.deployment_admit(2)));
-        assert!(l.deployment_admit(99), "unknown index: no limit");
+        assert!(l.deployment_admit(1).await.is_ok());
+        for _ in 0..1000 {
+            assert!(l.deployment_admit(2).await.is_ok());
+        }
+        assert!(l.deployment_admit(99).await.is_ok(), "unknown index: no limit");
     }
 
     #[tokio::test]

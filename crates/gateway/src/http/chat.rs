@@ -202,10 +202,6 @@ fn set_meta_headers(h: &mut HeaderMap, meta: &Meta, with_cost: bool) {
     }
 }
 
-fn log_line(id: &RequestId, model: &str, status: u16, started: Instant, meta: Option<&Meta>, stream: bool) {
-    engine::access_log(&id.0, model, status, started, meta, stream);
-}
-
 pub async fn chat_completions(
     State(st): State<SharedState>,
     Extension(id): Extension<RequestId>,
@@ -221,7 +217,7 @@ pub async fn chat_completions(
     let req = match parse_chat_request(&body, st.cfg.server.max_messages) {
         Ok(r) => r,
         Err(e) => {
-            log_line(&id, "", e.status.as_u16(), started, None, false);
+            engine::access_log(&id.0, "", e.status.as_u16(), started, None, false);
             return e.into_response();
         }
     };
@@ -236,7 +232,7 @@ pub async fn chat_completions(
                 // A live stream logs its line when it ends (with its tokens and cost), so nothing
                 // stands between the upstream's first token and the client's; a replay logs now.
                 if reply.meta.cache == engine::CacheStatus::Hit {
-                    log_line(&id, &model, 200, started, Some(&reply.meta), true);
+                    engine::access_log(&id.0, &model, 200, started, Some(&reply.meta), true);
                 }
                 let mut resp = Response::new(Body::from_stream(reply.body));
                 let h = resp.headers_mut();
@@ -249,7 +245,7 @@ pub async fn chat_completions(
             Err(e) => {
                 st.ledger
                     .record_request(started.elapsed().as_micros() as u64, Default::default(), false);
-                log_line(&id, &model, e.status.as_u16(), started, None, true);
+                engine::access_log(&id.0, &model, e.status.as_u16(), started, None, true);
                 e.into_response()
             }
         }
@@ -295,7 +291,7 @@ async fn complete_json(
         Ok((completion, meta)) => {
             st.ledger
                 .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
-            log_line(id, &req.model, 200, started, Some(&meta), false);
+            engine::access_log(&id.0, &req.model, 200, started, Some(&meta), false);
             let body = match render(&completion, &meta) {
                 Ok(b) => b,
                 Err(e) => {
@@ -316,7 +312,7 @@ async fn complete_json(
         Err(e) => {
             st.ledger
                 .record_request(started.elapsed().as_micros() as u64, Default::default(), false);
-            log_line(id, &req.model, e.status.as_u16(), started, None, false);
+            engine::access_log(&id.0, &req.model, e.status.as_u16(), started, None, false);
             e.into_response()
         }
     }

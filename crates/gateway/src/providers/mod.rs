@@ -148,6 +148,10 @@ impl http_body::Body for UpstreamBody {
 /// A response whose status and headers have arrived; the body streams.
 pub type UpstreamResponse = http::Response<UpstreamBody>;
 
+/// How long an idle pooled upstream connection is kept, and how many per host (both transports).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const POOL_MAX_IDLE_PER_HOST: usize = 256;
+
 /// Largest success body read whole (a non-streaming completion); larger is a protocol error.
 const MAX_BODY: usize = 64 << 20;
 /// Largest error body read for its message.
@@ -191,8 +195,8 @@ fn transport(cfg: &ProviderConfig, base: &http::Uri) -> Result<Transport, String
     reqwest::Client::builder()
         .connect_timeout(cfg.timeouts.connect())
         .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         // Our retry module decides about retries, and a POST to an LLM API is never redirected.
         .redirect(reqwest::redirect::Policy::none())
         .retry(reqwest::retry::never())
@@ -222,8 +226,8 @@ fn http_client(cfg: &ProviderConfig) -> Result<HttpClient, String> {
         .enable_http2()
         .wrap_connector(tcp);
     Ok(hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector))
@@ -328,7 +332,7 @@ impl Upstream {
                     *req.headers_mut() = self.headers.clone();
                     match client.request(req).await {
                         Ok(r) => Ok(r.map(|body| UpstreamBody::Direct { body })),
-                        Err(e) => Err(self.transport_error(&e, e.is_connect())),
+                        Err(e) => Err(self.transport_error(caused_by_timeout(&e), e.is_connect())),
                     }
                 }
                 Transport::Proxied(client) => {
@@ -337,10 +341,7 @@ impl Upstream {
                     let sent = client.post(url).headers(self.headers.clone()).body(body).send().await;
                     match sent {
                         Ok(r) => Ok(http::Response::from(r).map(|body| UpstreamBody::Proxied { body })),
-                        Err(e) if e.is_timeout() => {
-                            Err(UpstreamError::new(UpstreamKind::Timeout, &self.name, "timed out"))
-                        }
-                        Err(e) => Err(self.transport_error(&e, e.is_connect())),
+                        Err(e) => Err(self.transport_error(e.is_timeout(), e.is_connect())),
                     }
                 }
             }
@@ -403,9 +404,10 @@ impl Upstream {
         }
     }
 
-    fn transport_error(&self, e: &(dyn std::error::Error + 'static), connect: bool) -> UpstreamError {
+    /// A call that got no response, as each transport classifies its error.
+    fn transport_error(&self, timed_out: bool, connect: bool) -> UpstreamError {
         // Messages stay short and never include the URL (its query string or credentials).
-        let (kind, what) = if caused_by_timeout(e) {
+        let (kind, what) = if timed_out {
             (UpstreamKind::Timeout, "timed out")
         } else if connect {
             (UpstreamKind::Connect, "connection failed")

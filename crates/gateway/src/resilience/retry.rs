@@ -75,7 +75,7 @@ where
     let mut quota_wait: Option<Duration> = None;
     for (position, &i) in plan.candidates.iter().enumerate() {
         let d = &st.deployments[i];
-        if let Err(wait) = st.limits.deployment_admit_shared(i).await {
+        if let Err(wait) = st.limits.deployment_admit(i).await {
             tried.push(format!("{} (at its rpm/tpm limit)", d.name));
             quota_wait = Some(quota_wait.map_or(wait, |w: Duration| w.min(wait)));
             quota_skipped += 1;
