@@ -22,7 +22,7 @@ use crate::resilience::breaker::Permit;
 use crate::resilience::retry;
 use crate::routing::{Plan, Target};
 use crate::state::{AppState, SharedState};
-use crate::telemetry::{CacheOp, Decision, EventType, Outcome, Reason};
+use crate::telemetry::{CacheOp, Decision, Outcome};
 
 /// Per-request options from headers.
 #[derive(Debug, Clone, Default)]
@@ -228,10 +228,7 @@ async fn lookup(st: &AppState, cp: &CachePlan) -> Option<Arc<CachedResponse>> {
     let key = cp.key.as_ref().filter(|_| cp.lookup)?;
     match st.cache.get(key).await {
         Ok(v) => {
-            st.metrics
-                .cache_events
-                .get_or_create(&EventType { event_type: "hit" })
-                .inc();
+            st.metrics.hot.cache_hit.inc();
             st.ledger.cache_hits.fetch_add(1, Relaxed);
             Some(v)
         }
@@ -245,10 +242,7 @@ async fn lookup(st: &AppState, cp: &CachePlan) -> Option<Arc<CachedResponse>> {
                     })
                     .inc();
             }
-            st.metrics
-                .cache_events
-                .get_or_create(&EventType { event_type: "miss" })
-                .inc();
+            st.metrics.hot.cache_miss.inc();
             st.ledger.cache_misses.fetch_add(1, Relaxed);
             None
         }
@@ -280,10 +274,7 @@ fn cacheable_answer(c: &ChatCompletion) -> bool {
 /// original call cost. It keeps the request's router features, so a rating of a cached answer is a
 /// training row like any other.
 fn hit_meta(st: &AppState, hit: &CachedResponse, plan: &Plan, started: Instant) -> Meta {
-    st.metrics
-        .saved_usd
-        .get_or_create(&Reason { reason: "cache" })
-        .inc_by(hit.cost.as_usd());
+    st.metrics.hot.saved_cache.inc_by(hit.cost.as_usd());
     st.ledger.saved_cache.fetch_add(hit.cost.0, Relaxed);
     Meta {
         provider: hit.provider.clone(),
@@ -337,9 +328,7 @@ fn account_inner(st: &AppState, dep_idx: usize, usage: Usage, claim_saving: bool
     let m = &st.metrics;
     d.m.cost_usd.inc_by(cost.as_usd());
     if saved.0 > 0 {
-        m.saved_usd
-            .get_or_create(&Reason { reason: "routing" })
-            .inc_by(saved.as_usd());
+        m.hot.saved_routing.inc_by(saved.as_usd());
         st.ledger.saved_routing.fetch_add(saved.0, Relaxed);
     }
     d.m.tokens_in.inc_by(usage.prompt_tokens);

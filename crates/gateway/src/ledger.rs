@@ -1,8 +1,7 @@
 //! The cost ledger and live statistics behind `/api/stats`. Money is integer nano-dollars in atomics;
-//! floats appear only when rendering.
+//! floats appear only when rendering. Recording a request takes no lock: counters, the latency
+//! histogram and the history ring are all atomics.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use optiroute_protocol::pricing::Nanos;
@@ -10,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::histogram::AtomicHistogram;
 use crate::state::{AppState, Deployment};
 
 #[derive(Default)]
@@ -21,12 +21,15 @@ pub struct DeploymentStats {
     pub tokens_out: AtomicU64,
 }
 
-/// One 5-second slot of history.
-#[derive(Clone, Copy, Default)]
+/// One 5-second slot of the history ring: the period it holds (unix seconds / 5; 0 = never used) and
+/// the ledger's running totals just before that period's first request. A period's requests and cost
+/// are the difference to the next used slot (or to the current totals), so nothing is ever reset and
+/// no concurrent update can be lost; a request racing the period change is counted in one of the two.
+#[derive(Default)]
 struct Slot {
-    t: u64,
-    requests: u64,
-    cost: u64,
+    period: AtomicU64,
+    start_requests: AtomicU64,
+    start_cost: AtomicU64,
 }
 
 pub struct Ledger {
@@ -40,8 +43,8 @@ pub struct Ledger {
     pub saved_routing: AtomicU64,
     tiers: Vec<(String, AtomicU64)>,
     pub per_deployment: Vec<DeploymentStats>,
-    latency: Mutex<hdrhistogram::Histogram<u64>>,
-    history: Mutex<VecDeque<Slot>>,
+    latency: AtomicHistogram,
+    history: Box<[Slot]>,
 }
 
 const SLOT_SECS: u64 = 5;
@@ -62,8 +65,6 @@ impl Ledger {
                 tiers.push((t.clone(), AtomicU64::new(0)));
             }
         }
-        let hist = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
-            .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable_hist()));
         Ledger {
             started: Instant::now(),
             requests: AtomicU64::new(0),
@@ -75,41 +76,56 @@ impl Ledger {
             saved_routing: AtomicU64::new(0),
             tiers,
             per_deployment: deps.iter().map(|_| DeploymentStats::default()).collect(),
-            latency: Mutex::new(hist),
-            history: Mutex::new(VecDeque::with_capacity(HISTORY_SLOTS + 1)),
+            latency: AtomicHistogram::fine(),
+            history: (0..HISTORY_SLOTS).map(|_| Slot::default()).collect(),
         }
     }
 
     /// Records one finished client request.
     pub fn record_request(&self, latency_us: u64, cost: Nanos, ok: bool) {
-        self.requests.fetch_add(1, Relaxed);
+        self.record_at(unix_secs(), latency_us, cost, ok);
+    }
+
+    fn record_at(&self, now: u64, latency_us: u64, cost: Nanos, ok: bool) {
+        let before_requests = self.requests.fetch_add(1, Relaxed);
         if !ok {
             self.errors.fetch_add(1, Relaxed);
         }
-        self.cost.fetch_add(cost.0, Relaxed);
-        if let Ok(mut h) = self.latency.lock() {
-            let _ = h.record(latency_us.max(1));
+        let before_cost = self.cost.fetch_add(cost.0, Relaxed);
+        self.latency.observe(latency_us as f64 / 1e6);
+        let period = now / SLOT_SECS;
+        let slot = &self.history[(period % HISTORY_SLOTS as u64) as usize];
+        let seen = slot.period.load(Relaxed);
+        // The first request of a period claims its slot and stamps the totals before it.
+        if seen < period && slot.period.compare_exchange(seen, period, Relaxed, Relaxed).is_ok() {
+            slot.start_requests.store(before_requests, Relaxed);
+            slot.start_cost.store(before_cost, Relaxed);
         }
-        let now = unix_secs();
-        let slot_t = now - now % SLOT_SECS;
-        if let Ok(mut hist) = self.history.lock() {
-            match hist.back_mut() {
-                Some(s) if s.t == slot_t => {
-                    s.requests += 1;
-                    s.cost += cost.0;
-                }
-                _ => {
-                    hist.push_back(Slot {
-                        t: slot_t,
-                        requests: 1,
-                        cost: cost.0,
-                    });
-                    while hist.len() > HISTORY_SLOTS {
-                        hist.pop_front();
-                    }
-                }
-            }
-        }
+    }
+
+    /// The used slots of the last [`HISTORY_SLOTS`] periods, oldest first, as (unix time, requests, cost).
+    fn history(&self, now: u64) -> Vec<(u64, u64, u64)> {
+        let current = now / SLOT_SECS;
+        let mut used: Vec<(u64, u64, u64)> = self
+            .history
+            .iter()
+            .map(|s| {
+                let period = s.period.load(Relaxed);
+                (period, s.start_requests.load(Relaxed), s.start_cost.load(Relaxed))
+            })
+            .filter(|&(p, _, _)| p != 0 && p <= current && p + HISTORY_SLOTS as u64 > current)
+            .collect();
+        used.sort_unstable_by_key(|s| s.0);
+        let totals = (self.requests.load(Relaxed), self.cost.load(Relaxed));
+        let ends = used
+            .iter()
+            .skip(1)
+            .map(|&(_, r, c)| (r, c))
+            .chain(std::iter::once(totals));
+        used.iter()
+            .zip(ends)
+            .map(|(&(p, r0, c0), (r1, c1))| (p * SLOT_SECS, r1.saturating_sub(r0), c1.saturating_sub(c0)))
+            .collect()
     }
 
     pub fn record_tier(&self, tier: &str) {
@@ -121,28 +137,17 @@ impl Ledger {
     pub fn stats_json(&self, st: &AppState) -> Value {
         let hits = self.cache_hits.load(Relaxed);
         let misses = self.cache_misses.load(Relaxed);
-        let (p50, p95, p99) = match self.latency.lock() {
-            Ok(h) if !h.is_empty() => (
-                h.value_at_quantile(0.5) as f64 / 1000.0,
-                h.value_at_quantile(0.95) as f64 / 1000.0,
-                h.value_at_quantile(0.99) as f64 / 1000.0,
-            ),
-            _ => (0.0, 0.0, 0.0),
-        };
+        let ms = |q| self.latency.quantile(q).map_or(0.0, |s| s * 1000.0);
+        let (p50, p95, p99) = (ms(0.5), ms(0.95), ms(0.99));
         let now = unix_secs();
-        let (history, recent) = match self.history.lock() {
-            Ok(h) => {
-                let points: Vec<Value> = h
-                    .iter()
-                    .map(|s| json!({"t": s.t, "requests": s.requests, "cost_usd": Nanos(s.cost).as_usd()}))
-                    .collect();
-                // Requests in the last two full slots plus the current one.
-                let since = now.saturating_sub(2 * SLOT_SECS);
-                let recent: u64 = h.iter().filter(|s| s.t + SLOT_SECS > since).map(|s| s.requests).sum();
-                (points, recent)
-            }
-            Err(_) => (Vec::new(), 0),
-        };
+        let slots = self.history(now);
+        let history: Vec<Value> = slots
+            .iter()
+            .map(|&(t, requests, cost)| json!({"t": t, "requests": requests, "cost_usd": Nanos(cost).as_usd()}))
+            .collect();
+        // Requests in the last two full slots plus the current one.
+        let since = now.saturating_sub(2 * SLOT_SECS);
+        let recent: u64 = slots.iter().filter(|s| s.0 + SLOT_SECS > since).map(|s| s.1).sum();
         let window = (now - now % SLOT_SECS).saturating_sub(now.saturating_sub(2 * SLOT_SECS)) + (now % SLOT_SECS) + 1;
         let uptime = self.started.elapsed().as_secs_f64();
         let rps = recent as f64 / (window as f64).min(uptime.max(1.0));
@@ -199,14 +204,63 @@ impl Ledger {
     }
 }
 
-fn unreachable_hist() -> hdrhistogram::Histogram<u64> {
-    // Both constructors above only fail on invalid bounds, which are constants; keep a safe fallback.
-    hdrhistogram::Histogram::new_with_max(1_000_000, 1).unwrap_or_else(|_| unreachable_hist())
-}
-
 fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ledger() -> Ledger {
+        Ledger::new(&Config::test_default(), &[])
+    }
+
+    #[test]
+    fn history_splits_requests_and_cost_by_five_second_period() {
+        let l = ledger();
+        let t0 = 1_700_000_000; // a multiple of 5
+        l.record_at(t0, 1000, Nanos(10), true);
+        l.record_at(t0 + 4, 2000, Nanos(20), false);
+        l.record_at(t0 + 5, 3000, Nanos(40), true);
+        // Nothing in t0+10..t0+14; two requests in t0+15.
+        l.record_at(t0 + 15, 4000, Nanos(80), true);
+        l.record_at(t0 + 19, 5000, Nanos(160), true);
+        assert_eq!(l.history(t0 + 19), [(t0, 2, 30), (t0 + 5, 1, 40), (t0 + 15, 2, 240)]);
+        assert_eq!(l.errors.load(Relaxed), 1);
+        // Periods older than the ring are dropped; a slot reused by a later period starts afresh.
+        let later = t0 + SLOT_SECS * HISTORY_SLOTS as u64;
+        l.record_at(later, 1000, Nanos(1), true);
+        assert_eq!(l.history(later), [(t0 + 5, 1, 40), (t0 + 15, 2, 240), (later, 1, 1)]);
+        assert_eq!(l.history(later + SLOT_SECS * 200), []);
+        let ms = l.latency.quantile(0.5).unwrap() * 1000.0;
+        assert!((2.0..2.05).contains(&ms), "{ms}"); // of 1, 1, 2, 3, 4 and 5 ms
+    }
+
+    #[test]
+    fn concurrent_requests_are_never_lost_across_a_period_change() {
+        let l = ledger();
+        let t0 = 1_700_000_000;
+        std::thread::scope(|s| {
+            for th in 0..4u64 {
+                let l = &l;
+                s.spawn(move || {
+                    for i in 0..5000u64 {
+                        // Each thread crosses from period t0 into t0+5 at a different point.
+                        let t = if i < 1000 * (th + 1) { t0 } else { t0 + 5 };
+                        l.record_at(t, 100, Nanos(3), true);
+                    }
+                });
+            }
+        });
+        let h = l.history(t0 + 5);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.iter().map(|s| s.1).sum::<u64>(), 20_000);
+        assert_eq!(h.iter().map(|s| s.2).sum::<u64>(), 60_000);
+        assert_eq!(l.latency.snapshot().0, 20_000);
+    }
 }

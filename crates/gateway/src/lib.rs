@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod histogram;
 pub mod http;
 pub mod key_events;
 pub mod ledger;

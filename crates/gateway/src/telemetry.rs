@@ -6,8 +6,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
+
+pub use crate::histogram::AtomicHistogram;
 
 type FloatCounter = Counter<f64, AtomicU64>;
 
@@ -87,11 +89,11 @@ pub struct Metrics {
     pub registry: Registry,
     pub cost_usd: Family<ProviderModel, FloatCounter>,
     pub cache_events: Family<EventType, Counter>,
-    pub http_duration: Family<Http, Histogram>,
+    pub http_duration: Family<Http, AtomicHistogram>,
     pub http_requests: Family<Http, Counter>,
     pub llm_requests: Family<Outcome, Counter>,
-    pub upstream_duration: Family<ProviderModel, Histogram>,
-    pub ttft: Family<ProviderModel, Histogram>,
+    pub upstream_duration: Family<ProviderModel, AtomicHistogram>,
+    pub ttft: Family<ProviderModel, AtomicHistogram>,
     pub tokens: Family<Tokens, Counter>,
     pub in_flight: Gauge<i64, AtomicI64>,
     pub retries: Family<DeploymentLabel, Counter>,
@@ -101,13 +103,27 @@ pub struct Metrics {
     pub routing: Family<Decision, Counter>,
     pub saved_usd: Family<Reason, FloatCounter>,
     pub cache_errors: Family<CacheOp, Counter>,
-    pub overhead: Histogram,
+    pub overhead: AtomicHistogram,
     /// Shared-limit (Redis) failures by operation; each one means a fallback policy applied.
     pub limits_redis_errors: Family<LimitOp, Counter>,
     /// Request-log entries dropped (queue full or the store refused them).
     pub request_log_dropped: Counter,
     /// Ratings accepted by `POST /v1/feedback`.
     pub feedback: Counter,
+    /// Series recorded on most requests, resolved once so that recording them hashes no labels and
+    /// takes no family lock.
+    pub hot: HotSeries,
+}
+
+/// See [`Metrics::hot`].
+pub struct HotSeries {
+    pub cache_hit: Counter,
+    pub cache_miss: Counter,
+    pub saved_cache: FloatCounter,
+    pub saved_routing: FloatCounter,
+    /// `POST` with status 200 on the two completion endpoints: (requests, duration).
+    chat_ok: (Counter, AtomicHistogram),
+    generate_ok: (Counter, AtomicHistogram),
 }
 
 /// One deployment's hot metric series, resolved once at start: recording then touches only the
@@ -119,8 +135,8 @@ pub struct DeploymentMetrics {
     pub tokens_in: Counter,
     pub tokens_out: Counter,
     pub success: Counter,
-    pub upstream_duration: Histogram,
-    pub ttft: Histogram,
+    pub upstream_duration: AtomicHistogram,
+    pub ttft: AtomicHistogram,
 }
 
 fn llm_buckets() -> impl Iterator<Item = f64> {
@@ -173,11 +189,11 @@ impl Metrics {
         let m = Metrics {
             cost_usd: Family::default(),
             cache_events: Family::default(),
-            http_duration: Family::new_with_constructor(|| Histogram::new(http_buckets())),
+            http_duration: Family::new_with_constructor(|| AtomicHistogram::new(http_buckets())),
             http_requests: Family::default(),
             llm_requests: Family::default(),
-            upstream_duration: Family::new_with_constructor(|| Histogram::new(llm_buckets())),
-            ttft: Family::new_with_constructor(|| Histogram::new(llm_buckets())),
+            upstream_duration: Family::new_with_constructor(|| AtomicHistogram::new(llm_buckets())),
+            ttft: Family::new_with_constructor(|| AtomicHistogram::new(llm_buckets())),
             tokens: Family::default(),
             in_flight: Gauge::default(),
             retries: Family::default(),
@@ -188,12 +204,45 @@ impl Metrics {
             saved_usd: Family::default(),
             cache_errors: Family::default(),
             // 10 us .. ~160 ms
-            overhead: Histogram::new(exponential_buckets(0.00001, 2.0, 15)),
+            overhead: AtomicHistogram::new(exponential_buckets(0.00001, 2.0, 15)),
             limits_redis_errors: Family::default(),
             request_log_dropped: Counter::default(),
             feedback: Counter::default(),
             registry: Registry::default(),
+            hot: HotSeries {
+                cache_hit: Counter::default(),
+                cache_miss: Counter::default(),
+                saved_cache: FloatCounter::default(),
+                saved_routing: FloatCounter::default(),
+                chat_ok: (Counter::default(), AtomicHistogram::new([])),
+                generate_ok: (Counter::default(), AtomicHistogram::new([])),
+            },
         };
+        // One statement per series: `get_or_create` returns a read guard that lives to the end of its
+        // statement, and creating a second series in the same family needs the write lock.
+        let ok = |endpoint| {
+            let labels = Http {
+                method: "POST",
+                endpoint,
+                status: 200,
+            };
+            let count = m.http_requests.get_or_create(&labels).clone();
+            let duration = m.http_duration.get_or_create(&labels).clone();
+            (count, duration)
+        };
+        let event = |event_type| m.cache_events.get_or_create(&EventType { event_type }).clone();
+        let saved = |reason| m.saved_usd.get_or_create(&Reason { reason }).clone();
+        let (cache_hit, cache_miss) = (event("hit"), event("miss"));
+        let (saved_cache, saved_routing) = (saved("cache"), saved("routing"));
+        let hot = HotSeries {
+            cache_hit,
+            cache_miss,
+            saved_cache,
+            saved_routing,
+            chat_ok: ok("/v1/chat/completions"),
+            generate_ok: ok("/generate"),
+        };
+        let m = Metrics { hot, ..m };
         r.register(
             "llm_total_cost_usd",
             "Money spent on upstream calls, USD",
@@ -279,6 +328,25 @@ impl Metrics {
             m.feedback.clone(),
         );
         Metrics { registry: r, ..m }
+    }
+
+    /// Counts one served HTTP request and its duration.
+    pub fn record_http(&self, labels: &Http, secs: f64) {
+        let hot = match (labels.method, labels.endpoint, labels.status) {
+            ("POST", "/v1/chat/completions", 200) => Some(&self.hot.chat_ok),
+            ("POST", "/generate", 200) => Some(&self.hot.generate_ok),
+            _ => None,
+        };
+        match hot {
+            Some((count, duration)) => {
+                count.inc();
+                duration.observe(secs);
+            }
+            None => {
+                self.http_requests.get_or_create(labels).inc();
+                self.http_duration.get_or_create(labels).observe(secs);
+            }
+        }
     }
 
     pub fn render(&self) -> String {

@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 pub mod huggingface;
+mod open_object;
 pub mod openai;
 pub mod pricing;
 pub mod sse;

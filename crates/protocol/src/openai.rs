@@ -7,10 +7,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::open_object::open_object;
+
 /// A JSON object of fields OptiRoute does not interpret but must pass through.
 pub type Extra = Map<String, Value>;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
@@ -87,7 +89,7 @@ impl ChatRequest {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StreamOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_usage: Option<bool>,
@@ -111,7 +113,7 @@ impl Stop {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Message {
     pub role: String,
     #[serde(default)]
@@ -172,7 +174,7 @@ impl Message {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
@@ -244,7 +246,7 @@ impl Usage {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatCompletion {
     pub id: String,
     #[serde(default = "completion_object")]
@@ -267,7 +269,7 @@ fn chunk_object() -> String {
     "chat.completion.chunk".to_owned()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Choice {
     #[serde(default)]
     pub index: u32,
@@ -278,7 +280,7 @@ pub struct Choice {
     pub extra: Extra,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatChunk {
     pub id: String,
     #[serde(default = "chunk_object")]
@@ -327,7 +329,7 @@ impl ChatChunk {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChunkChoice {
     #[serde(default)]
     pub index: u32,
@@ -339,7 +341,7 @@ pub struct ChunkChoice {
     pub extra: Extra,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -349,6 +351,87 @@ pub struct Delta {
     pub tool_calls: Option<Vec<Value>>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+// Single-pass deserializers for the open types above (see `open_object`): known fields typed, the rest
+// kept in `extra`.
+open_object!(ChatRequest, "a chat completion request object",
+required { model: String, messages: Vec<Message> },
+optional {
+    stream: Option<bool> = None,
+    stream_options: Option<StreamOptions> = None,
+    max_tokens: Option<u32> = None,
+    max_completion_tokens: Option<u32> = None,
+    temperature: Option<f64> = None,
+    top_p: Option<f64> = None,
+    n: Option<u32> = None,
+    stop: Option<Stop> = None,
+    seed: Option<i64> = None,
+    tools: Option<Vec<Value>> = None,
+    tool_choice: Option<Value> = None,
+    response_format: Option<Value> = None,
+});
+open_object!(StreamOptions, "a stream_options object",
+    required {},
+    optional { include_usage: Option<bool> = None });
+open_object!(Message, "a message object",
+required { role: String },
+optional {
+    content: Option<Content> = None,
+    name: Option<String> = None,
+    tool_calls: Option<Vec<Value>> = None,
+    tool_call_id: Option<String> = None,
+});
+open_object!(ChatCompletion, "a chat completion object",
+required { id: String, model: String, choices: Vec<Choice> },
+optional {
+    object: String = completion_object(),
+    created: u64 = 0,
+    usage: Option<Usage> = None,
+});
+open_object!(Choice, "a choice object",
+    required { message: Message },
+    optional { index: u32 = 0, finish_reason: Option<String> = None });
+open_object!(ChatChunk, "a chat completion chunk object",
+required { id: String, model: String, choices: Vec<ChunkChoice> },
+optional {
+    object: String = chunk_object(),
+    created: u64 = 0,
+    usage: Option<Usage> = None,
+});
+open_object!(ChunkChoice, "a chunk choice object",
+    required {},
+    optional { index: u32 = 0, delta: Delta = Delta::default(), finish_reason: Option<String> = None });
+open_object!(Delta, "a delta object",
+required {},
+optional {
+    role: Option<String> = None,
+    content: Option<String> = None,
+    tool_calls: Option<Vec<Value>> = None,
+});
+
+/// Message content: a string, or an array of parts. Hand-written rather than `#[serde(untagged)]`, which
+/// would buffer the value and copy the text once more on every message.
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> serde::de::Visitor<'de> for ContentVisitor {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Content, E> {
+                Ok(Content::Text(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Content, E> {
+                Ok(Content::Text(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Content, A::Error> {
+                Vec::<ContentPart>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Content::Parts)
+            }
+        }
+        d.deserialize_any(ContentVisitor)
+    }
 }
 
 /// OpenAI-shaped error body: `{"error": {"message", "type", "param", "code"}}`.
@@ -476,6 +559,58 @@ mod tests {
         assert_eq!(back["logit_bias"]["5"], 1);
         assert_eq!(back["user"], "u1");
         assert_eq!(back["messages"][0]["weird"], 1);
+    }
+
+    #[test]
+    fn open_objects_keep_serde_semantics() {
+        // Required fields, duplicates and wrong types are errors named like the derive names them.
+        let err = |body: &str| serde_json::from_str::<ChatRequest>(body).unwrap_err().to_string();
+        assert!(err(r#"{"messages":[]}"#).contains("missing field `model`"));
+        assert!(err(r#"{"model":"a","model":"b","messages":[]}"#).contains("duplicate field `model`"));
+        assert!(err(r#"{"model":"m","messages":[{"content":"x"}]}"#).contains("missing field `role`"));
+        assert!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":5}]}"#)
+                .contains("expected a string or an array of content parts")
+        );
+        assert!(err(r#"{"model":"m","messages":[],"max_tokens":-1}"#).contains("invalid value"));
+        assert!(err(r#"[1]"#).contains("expected a chat completion request object"));
+        // null means absent for optional fields; escaped keys and text are decoded.
+        let req: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","stream":null,"messages":[{"role":"user","content":"a\"b\u00e9","x\u0079":[1,{"k":null}]}],"z":1,"a":2}"#,
+        )
+        .unwrap();
+        assert_eq!(req.stream, None);
+        assert_eq!(req.messages[0].text(), "a\"bé");
+        assert_eq!(req.messages[0].extra["xy"], serde_json::json!([1, {"k": null}]));
+        assert_eq!((&req.extra["z"], &req.extra["a"]), (&Value::from(1), &Value::from(2)));
+        // A message without content, and a chunk with defaults filled in.
+        let req: ChatRequest =
+            serde_json::from_str(r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"t"}]}]}"#)
+                .unwrap();
+        assert_eq!(req.messages[0].content, None);
+        let chunk: ChatChunk = serde_json::from_str(r#"{"id":"c","model":"m","choices":[{"delta":{}}]}"#).unwrap();
+        assert_eq!(chunk.object, "chat.completion.chunk");
+        assert_eq!(chunk.choices[0].index, 0);
+        assert_eq!(chunk.choices[0].delta, Delta::default());
+        let done: ChatCompletion = serde_json::from_str(
+            r#"{"id":"c","model":"m","choices":[{"message":{"role":"assistant","content":"hi"},"logprobs":null}],"system_fingerprint":"fp"}"#,
+        )
+        .unwrap();
+        assert_eq!(done.object, "chat.completion");
+        assert_eq!(done.choices[0].extra["logprobs"], Value::Null);
+        assert_eq!(done.extra["system_fingerprint"], "fp");
+    }
+
+    #[test]
+    fn open_objects_round_trip_through_json() {
+        let body = r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"t"}],"name":"n"},{"role":"tool","content":"r","tool_call_id":"c1"}],"stream":true,"stream_options":{"include_usage":true,"other":1},"max_tokens":5,"max_completion_tokens":6,"temperature":0.5,"top_p":0.9,"n":1,"stop":["x"],"seed":-3,"tools":[{"type":"function"}],"tool_choice":"auto","response_format":{"type":"json_object"},"user":"u"}"#;
+        let req: ChatRequest = serde_json::from_str(body).unwrap();
+        let again: ChatRequest = serde_json::from_slice(&serde_json::to_vec(&req).unwrap()).unwrap();
+        assert_eq!(req, again);
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            serde_json::from_str::<Value>(body).unwrap()
+        );
     }
 
     #[test]

@@ -291,7 +291,6 @@ async fn complete_json(
         Ok((completion, meta)) => {
             st.ledger
                 .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
-            engine::access_log(&id.0, &req.model, 200, started, Some(&meta), false);
             let body = match render(&completion, &meta) {
                 Ok(b) => b,
                 Err(e) => {
@@ -307,6 +306,11 @@ async fn complete_json(
             let h = resp.headers_mut();
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             set_meta_headers(h, &meta, true);
+            // The log line is written after the response: a task spawned here runs once this
+            // connection's task has written the response and yields, so formatting the line and its
+            // write(2) are not in the client's latency (and its latency_ms includes the response write).
+            let (id, model) = (id.0.clone(), req.model.clone());
+            tokio::spawn(async move { engine::access_log(&id, &model, 200, started, Some(&meta), false) });
             resp
         }
         Err(e) => {

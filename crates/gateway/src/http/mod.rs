@@ -138,11 +138,7 @@ async fn observe(State(st): State<SharedState>, mut req: Request, next: Next) ->
         endpoint,
         status: resp.status().as_u16(),
     };
-    st.metrics.http_requests.get_or_create(&labels).inc();
-    st.metrics
-        .http_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    st.metrics.record_http(&labels, started.elapsed().as_secs_f64());
     resp
 }
 
