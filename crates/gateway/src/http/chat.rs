@@ -263,19 +263,30 @@ fn render_completion(completion: &ChatCompletion, meta: &Meta) -> serde_json::Re
         completion: &'a ChatCompletion,
         optiroute: &'a Meta,
     }
+    // Sized for a typical answer plus the meta object, so the buffer is not regrown as it fills.
+    let text: usize = completion.choices.iter().map(|c| c.message.text_len()).sum();
+    let mut out = Vec::with_capacity(768 + text + text / 8);
     if completion.extra.contains_key("optiroute") {
         // The upstream is itself a gateway that added this field: ours replaces it.
         let mut own = completion.clone();
         own.extra.remove("optiroute");
-        return serde_json::to_vec(&WithMeta {
-            completion: &own,
-            optiroute: meta,
-        });
+        serde_json::to_writer(
+            &mut out,
+            &WithMeta {
+                completion: &own,
+                optiroute: meta,
+            },
+        )?;
+    } else {
+        serde_json::to_writer(
+            &mut out,
+            &WithMeta {
+                completion,
+                optiroute: meta,
+            },
+        )?;
     }
-    serde_json::to_vec(&WithMeta {
-        completion,
-        optiroute: meta,
-    })
+    Ok(out)
 }
 
 /// Runs a non-streaming completion, records it (ledger, log line) and renders the body with `render`.

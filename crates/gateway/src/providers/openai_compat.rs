@@ -31,7 +31,11 @@ impl OpenAiCompat {
             out.stream = None;
             out.stream_options = None;
         }
-        serde_json::to_vec(&out).map_err(|e| UpstreamError::new(UpstreamKind::Protocol, &self.up.name, e.to_string()))
+        let text: usize = req.messages.iter().map(|m| m.text_len()).sum();
+        let mut body = Vec::with_capacity(256 + text + text / 8);
+        serde_json::to_writer(&mut body, &out)
+            .map_err(|e| UpstreamError::new(UpstreamKind::Protocol, &self.up.name, e.to_string()))?;
+        Ok(body)
     }
 
     pub async fn chat(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChatCompletion, UpstreamError> {
