@@ -1,4 +1,6 @@
 """Embedding scorers inside the CLI's exact 5-fold split, blended with the router's out-of-fold scores.
+With EMB_PER_FOLD=1, fold f of seed S reads $EMB_DIR/{EMB}_{DATASET}_s{S}f{f}.npy (e.g. a table fitted without
+fold f; see tokenlearn_folds.py) and results go to results_pf_*.json.
 usage: eval_emb.py DATASET SEEDS(comma) EMB1,EMB2,...   (EMB = file prefix: $EMB_DIR/{EMB}_{DATASET}.npy)
 Scorers per fold (trained on the other 4 folds only):
   lrC     : two logistic heads on the L2-normalised embedding, standardised on the training folds (P(strong ok), P(weak wrong)), soft labels,
@@ -15,6 +17,7 @@ name = sys.argv[1]; seeds = [int(x) for x in sys.argv[2].split(',')]; embs = sys
 rows, s, w, g = load(name); n = len(s)
 G = np.array([x or '' for x in g]); SMOOTH = 0.5 if any(g) else 0.0
 import os
+PER_FOLD = os.environ.get('EMB_PER_FOLD') == '1'
 Cs = [float(x) for x in os.environ.get('EMB_CS', '0.003,0.01,0.03,0.1,0.3').split(',')]
 Ks = [int(x) for x in os.environ.get('EMB_KS', '10,25,50,100,200').split(',')]
 A = np.round(np.arange(0, 1.0001, 0.05), 2)
@@ -30,9 +33,10 @@ def soft_lr(X, y, C, Xt):
     keep = sw > 0
     m = LogisticRegression(C=C, max_iter=2000).fit(Xd[keep], yd[keep], sample_weight=sw[keep])
     return m.predict_proba(Xt)[:, 1]
-def emb_scores(E, fold):
+def emb_scores(EF, fold):
     out = {}
     for f in range(5):
+        E = EF(f)
         te = fold == f; tr = ~te
         ss, ww = smooth_labels(tr)
         mu, sd = E[tr].mean(0), E[tr].std(0) + 1e-9; Ztr, Zte = (E[tr] - mu) / sd, (E[te] - mu) / sd
@@ -53,8 +57,11 @@ for seed in seeds:
     fold = folds(n, 5, seed); base = load_oof(name, seed).astype(np.float64)
     rb = metrics(base, s, w); R = {'baseline': rb, 'emb': {}}
     for emb in embs:
-        E = np.load(f'{OUT}{emb}_{name}.npy').astype(np.float64)
-        sc = emb_scores(E, fold)
+        if PER_FOLD:
+            sc = emb_scores(lambda f: np.load(f'{OUT}{emb}_{name}_s{seed}f{f}.npy').astype(np.float64), fold)
+        else:
+            E = np.load(f'{OUT}{emb}_{name}.npy').astype(np.float64)
+            sc = emb_scores(lambda f: E, fold)
         ER = {'alone': {k: metrics(v, s, w) for k, v in sc.items()}, 'sweep': {}}
         # full sweep (pooled, NOT nested: optimistic) and nested selection
         cand = [(k, kind, a) for k in sc for kind in ['prob', 'rank'] for a in A]
@@ -77,4 +84,4 @@ for seed in seeds:
         R['emb'][emb] = ER
         print(name, seed, emb, 'baseline %.4f/%.4f' % rb, 'nested prob %.4f/%.4f' % per_scorer['any|prob']['metrics'], per_scorer['any|prob']['chosen'], 'rank %.4f/%.4f' % per_scorer['any|rank']['metrics'], per_scorer['any|rank']['chosen'], flush=True)
     res['seeds'][seed] = R
-json.dump(res, open(f'{OUT}results_{name}_{"_".join(embs)}_s{"".join(map(str, seeds))}.json', 'w'), indent=0)
+json.dump(res, open(f'{OUT}results_{"pf_" if PER_FOLD else ""}{name}_{"_".join(embs)}_s{"".join(map(str, seeds))}.json', 'w'), indent=0)

