@@ -489,4 +489,34 @@ mod tests {
         assert!(text.contains(r#"http_requests_total{method="POST",endpoint="/generate",status="200"} 1"#));
         assert!(text.contains("http_request_duration_seconds_bucket"));
     }
+
+    #[test]
+    fn hot_series_are_the_family_series() {
+        let m = Metrics::new();
+        let chat = |status| Http {
+            method: "POST",
+            endpoint: "/v1/chat/completions",
+            status,
+        };
+        // Hot path (resolved at start) and family path (any other label set) record into the same
+        // exposition, and a hot series is the one the family would hand out.
+        m.record_http(&chat(200), 0.002);
+        m.record_http(&chat(200), 0.004);
+        m.record_http(&chat(429), 0.001);
+        m.http_requests.get_or_create(&chat(200)).inc();
+        m.hot.cache_miss.inc();
+        m.cache_events.get_or_create(&EventType { event_type: "miss" }).inc();
+        m.hot.saved_routing.inc_by(0.5);
+        let text = m.render();
+        let line = |l: &str| assert!(text.contains(l), "{l} missing in\n{text}");
+        line(r#"http_requests_total{method="POST",endpoint="/v1/chat/completions",status="200"} 3"#);
+        line(r#"http_requests_total{method="POST",endpoint="/v1/chat/completions",status="429"} 1"#);
+        line(r#"http_request_duration_seconds_count{method="POST",endpoint="/v1/chat/completions",status="200"} 2"#);
+        line(r#"http_request_duration_seconds_sum{method="POST",endpoint="/v1/chat/completions",status="200"} 0.006"#);
+        line(r#"llm_cache_events_total{event_type="miss"} 2"#);
+        line(r#"llm_cost_saved_usd_total{reason="routing"} 0.5"#);
+        // Resolved at start: the common series exist (at zero) before the first request.
+        line(r#"llm_cache_events_total{event_type="hit"} 0"#);
+        line(r#"http_requests_total{method="POST",endpoint="/generate",status="200"} 0"#);
+    }
 }
