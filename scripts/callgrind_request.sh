@@ -6,6 +6,7 @@
 #
 #   cargo build --release -p optiroute && scripts/callgrind_request.sh [N=2000]
 #   OPTIROUTE_BIN=/path/to/other/optiroute scripts/callgrind_request.sh     # compare builds
+#   STREAM=1 scripts/callgrind_request.sh 500      # streaming requests (SSE), per stream and per chunk
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${OPTIROUTE_BIN:-$ROOT/target/release/optiroute}
@@ -26,10 +27,16 @@ valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" "$BIN" serve --c
 VPID=$!
 pids+=($VPID)
 GW=$(wait_listening "$OUT/gw.out")
-"$BIN" bench --url "$GW" --model m --users 1 --requests 200 --mix unique >/dev/null 2>&1
+STREAM_ARGS=()
+[ -n "${STREAM:-}" ] && STREAM_ARGS=(--stream)
+"$BIN" bench --url "$GW" --model m --users 1 --requests 200 --mix unique "${STREAM_ARGS[@]}" >/dev/null 2>&1
 callgrind_control -z "$VPID" >/dev/null
-"$BIN" bench --url "$GW" --model m --users 1 --requests "$N" --mix unique >/dev/null 2>&1
+"$BIN" bench --url "$GW" --model m --users 1 --requests "$N" --mix unique "${STREAM_ARGS[@]}" --json >"$OUT/bench.json" 2>/dev/null
 callgrind_control -d "$VPID" >/dev/null
 DUMP=$(ls -t "$OUT"/cg.out.*.* | head -1)
 TOTAL=$(awk '/^(summary|totals):/ {print $2; exit}' "$DUMP")
 echo "$TOTAL instructions for $N requests: $((TOTAL / N)) per request ($DUMP; callgrind_annotate it for the breakdown)"
+if [ -n "${STREAM:-}" ]; then
+  CHUNKS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["output_tokens"])' "$OUT/bench.json")
+  echo "$CHUNKS content chunks streamed: $((TOTAL / CHUNKS)) instructions per chunk"
+fi
