@@ -22,7 +22,7 @@ use crate::resilience::breaker::Permit;
 use crate::resilience::retry;
 use crate::routing::{Plan, Target};
 use crate::state::{AppState, SharedState};
-use crate::telemetry::{CacheOp, Decision, Outcome};
+use crate::telemetry::{CacheOp, Outcome};
 
 /// Per-request options from headers.
 #[derive(Debug, Clone, Default)]
@@ -300,13 +300,7 @@ fn ms(d: Duration) -> f64 {
 
 fn record_decision(st: &AppState, plan: &Plan) {
     if let Some(tier) = &plan.tier {
-        st.metrics
-            .routing
-            .get_or_create(&Decision {
-                tier: tier.clone(),
-                reason: plan.reason,
-            })
-            .inc();
+        st.metrics.record_routing(tier, plan.reason);
     }
 }
 
@@ -576,13 +570,7 @@ fn cascade_escalation(
     if candidates.is_empty() {
         return None;
     }
-    st.metrics
-        .routing
-        .get_or_create(&Decision {
-            tier: strongest.to_owned(),
-            reason: "cascade_escalated",
-        })
-        .inc();
+    st.metrics.record_routing(strongest, "cascade_escalated");
     let why = serde_json::to_value(why)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

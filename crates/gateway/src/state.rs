@@ -81,7 +81,9 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     pub async fn new(cfg: Config) -> anyhow::Result<SharedState> {
         cfg.validate("config")?;
-        let metrics = Metrics::new();
+        let mut metrics = Metrics::new();
+        let dep_tiers = cfg.deployments.iter().filter_map(|d| d.tier.as_deref());
+        metrics.resolve_routing(cfg.routing.tiers.iter().map(String::as_str).chain(dep_tiers));
         let mut providers = HashMap::new();
         for p in &cfg.providers {
             let built = Provider::build(p).map_err(anyhow::Error::msg)?;

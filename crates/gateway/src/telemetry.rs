@@ -124,7 +124,27 @@ pub struct HotSeries {
     /// `POST` with status 200 on the two completion endpoints: (requests, duration).
     chat_ok: (Counter, AtomicHistogram),
     generate_ok: (Counter, AtomicHistogram),
+    /// Routing decisions for every configured tier and known reason code (see [`Metrics::resolve_routing`]).
+    routing: Vec<(String, &'static str, Counter)>,
 }
+
+/// The reason codes of routing decisions (`Plan::reason`) whose series are resolved at start. A code
+/// missing here is still counted, through the label family.
+pub const ROUTE_REASONS: &[&str] = &[
+    "direct",
+    "group",
+    "forced",
+    "sticky",
+    "length_rule",
+    "score_high",
+    "score_low",
+    "cascade_escalated",
+    "context_window",
+    "needs_tools",
+    "needs_json",
+    "needs_vision",
+    "unsupported",
+];
 
 /// One deployment's hot metric series, resolved once at start: recording then touches only the
 /// series' atomics, with no label hashing, no label allocation and no family lock per request.
@@ -216,6 +236,7 @@ impl Metrics {
                 saved_routing: FloatCounter::default(),
                 chat_ok: (Counter::default(), AtomicHistogram::new([])),
                 generate_ok: (Counter::default(), AtomicHistogram::new([])),
+                routing: Vec::new(),
             },
         };
         // One statement per series: `get_or_create` returns a read guard that lives to the end of its
@@ -241,6 +262,7 @@ impl Metrics {
             saved_routing,
             chat_ok: ok("/v1/chat/completions"),
             generate_ok: ok("/generate"),
+            routing: Vec::new(),
         };
         let m = Metrics { hot, ..m };
         r.register(
@@ -328,6 +350,41 @@ impl Metrics {
             m.feedback.clone(),
         );
         Metrics { registry: r, ..m }
+    }
+
+    /// Resolves the routing-decision series of these tiers for every code in [`ROUTE_REASONS`], so
+    /// that [`record_routing`](Self::record_routing) takes no lock and allocates nothing for them.
+    pub fn resolve_routing<'a>(&mut self, tiers: impl IntoIterator<Item = &'a str>) {
+        for tier in tiers {
+            if self.hot.routing.iter().any(|(t, _, _)| t == tier) {
+                continue;
+            }
+            for &reason in ROUTE_REASONS {
+                let labels = Decision {
+                    tier: tier.to_owned(),
+                    reason,
+                };
+                let counter = self.routing.get_or_create(&labels).clone();
+                self.hot.routing.push((labels.tier, reason, counter));
+            }
+        }
+    }
+
+    /// Counts one routing decision.
+    pub fn record_routing(&self, tier: &str, reason: &'static str) {
+        match self.hot.routing.iter().find(|(t, r, _)| *r == reason && t == tier) {
+            Some((_, _, counter)) => {
+                counter.inc();
+            }
+            None => {
+                self.routing
+                    .get_or_create(&Decision {
+                        tier: tier.to_owned(),
+                        reason,
+                    })
+                    .inc();
+            }
+        }
     }
 
     /// Counts one served HTTP request and its duration.
@@ -518,5 +575,22 @@ mod tests {
         // Resolved at start: the common series exist (at zero) before the first request.
         line(r#"llm_cache_events_total{event_type="hit"} 0"#);
         line(r#"http_requests_total{method="POST",endpoint="/generate",status="200"} 0"#);
+    }
+
+    #[test]
+    fn routing_decisions_of_resolved_and_unknown_labels_are_both_counted() {
+        let mut m = Metrics::new();
+        m.resolve_routing(["local", "cloud", "local"]);
+        assert_eq!(m.hot.routing.len(), 2 * ROUTE_REASONS.len());
+        m.record_routing("cloud", "score_high");
+        m.record_routing("cloud", "score_high");
+        m.record_routing("edge", "score_low"); // a tier not resolved at start
+        m.record_routing("local", "some_new_reason");
+        let text = m.render();
+        let line = |l: &str| assert!(text.contains(l), "{l} missing in\n{text}");
+        line(r#"llm_routing_decisions_total{tier="cloud",reason="score_high"} 2"#);
+        line(r#"llm_routing_decisions_total{tier="local",reason="score_high"} 0"#);
+        line(r#"llm_routing_decisions_total{tier="edge",reason="score_low"} 1"#);
+        line(r#"llm_routing_decisions_total{tier="local",reason="some_new_reason"} 1"#);
     }
 }
