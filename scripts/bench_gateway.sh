@@ -111,7 +111,10 @@ NGINX
 fi
 
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+# RssAnon: the gateway's private memory, without the binary's file pages that VmRSS also counts.
+anon_mb() { awk '/RssAnon/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 IDLE_RSS=$(rss_mb "$GW_PID")
+IDLE_ANON=$(anon_mb "$GW_PID")
 
 bench() { # name, then bench args
   local name=$1; shift
@@ -147,7 +150,7 @@ while kill -0 "$BPID" 2>/dev/null; do
 done
 wait "$BPID" || true
 
-python3 - "$OUT" "$IDLE_RSS" "$PEAK" <<'PY'
+python3 - "$OUT" "$IDLE_RSS" "$PEAK" "$IDLE_ANON" <<'PY'
 import json, sys, os
 out, idle, peak = sys.argv[1], sys.argv[2], sys.argv[3]
 r = {n[:-5]: json.load(open(os.path.join(out, n))) for n in os.listdir(out) if n.endswith(".json")}
@@ -180,7 +183,7 @@ if "nginx_1" in r:
 rows += [
     ("gateway CPU per request, 64 connections", f"{cpu_us(user_t)} user + {cpu_us(sys_t)} kernel", "", ""),
     ("cache hits, 64 connections", f'{r["cache_64"]["requests_per_s"]:,.0f} req/s (hit rate {100*(r["cache_64"]["cache"]["hit_rate"] or 0):.0f}%)', "", f'p50 {lat("cache_64","p50")*1000:.0f} µs'),
-    ("RSS idle", f"{idle} MB", "", ""),
+    ("RSS idle", f"{idle} MB (private: {sys.argv[4]} MB)", "", ""),
     ("RSS peak, 1,000 concurrent streams", f"{peak} MB", "", f'{r["streams_1000"]["ok"]} streams ok, {r["streams_1000"]["errors"]} errors'),
 ]
 print("| measure | through OptiRoute | straight to the mock | gateway's share |")

@@ -196,9 +196,37 @@ fn set_meta_headers(h: &mut HeaderMap, meta: &Meta, with_cost: bool) {
     put(H_ROUTE_REASON, &meta.route_reason);
     put(H_CACHE, meta.cache.as_str());
     if with_cost {
-        put(H_COST, &meta.cost_usd.to_string());
-        put(H_SAVED, &meta.saved_usd.to_string());
-        put(H_LATENCY, &format!("{:.3}", meta.latency_ms));
+        // Numbers are formatted on the stack: no String per header.
+        let mut buf = StackStr::default();
+        put(H_COST, buf.format(format_args!("{}", meta.cost_usd)));
+        put(H_SAVED, buf.format(format_args!("{}", meta.saved_usd)));
+        let us = (meta.latency_ms * 1000.0).round().max(0.0) as u64;
+        put(H_LATENCY, buf.format(format_args!("{}.{:03}", us / 1000, us % 1000)));
+    }
+}
+
+/// A short string formatted into a stack buffer (header values of numbers); output beyond its 32
+/// bytes is cut, which no number here reaches.
+#[derive(Default)]
+struct StackStr {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl StackStr {
+    fn format(&mut self, args: std::fmt::Arguments<'_>) -> &str {
+        self.len = 0;
+        let _ = std::fmt::write(self, args);
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for StackStr {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if n < s.len() { Err(std::fmt::Error) } else { Ok(()) }
     }
 }
 
@@ -457,6 +485,23 @@ fn model_json(st: &SharedState, name: &str) -> serde_json::Value {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn numbers_formatted_on_the_stack_match_the_heap_formatting() {
+        let mut buf = StackStr::default();
+        for n in [0, 1, 999_999_999, 1_000_000_000, 12_345_678_901, u64::MAX] {
+            let nanos = optiroute_protocol::pricing::Nanos(n);
+            assert_eq!(buf.format(format_args!("{nanos}")), nanos.to_string());
+        }
+        for us in [0u64, 7, 1_342, 1_000_000, u64::MAX / 1000] {
+            assert_eq!(
+                buf.format(format_args!("{}.{:03}", us / 1000, us % 1000)),
+                format!("{:.3}", us as f64 / 1000.0)
+            );
+        }
+        // Longer than the buffer: cut, never a panic.
+        assert_eq!(buf.format(format_args!("{}", "x".repeat(100))).len(), 32);
+    }
 
     #[test]
     fn errors_name_the_field() {
