@@ -777,7 +777,7 @@ fn finish(mut hits: Vec<(u32, i8)>, weight: f32, out: &mut Sparse) {
     if hits.is_empty() || weight == 0.0 {
         return;
     }
-    hits.sort_unstable_by_key(|h| h.0);
+    sort_by_bucket(&mut hits);
     let start = out.len();
     let mut i = 0;
     while i < hits.len() {
@@ -788,7 +788,7 @@ fn finish(mut hits: Vec<(u32, i8)>, weight: f32, out: &mut Sparse) {
             i += 1;
         }
         if v != 0 {
-            let m = (v.unsigned_abs() as f32).ln_1p();
+            let m = ln_1p_count(v.unsigned_abs());
             out.push((b, if v > 0 { m } else { -m }));
         }
     }
@@ -798,6 +798,46 @@ fn finish(mut hits: Vec<(u32, i8)>, weight: f32, out: &mut Sparse) {
         for e in &mut out[start..] {
             e.1 *= k;
         }
+    }
+}
+
+/// `ln(1 + n)` as f32, from a table for the small counts that almost every bucket has (the same value
+/// `f32::ln_1p` gives: the table is filled by it).
+fn ln_1p_count(n: u32) -> f32 {
+    const SMALL: usize = 64;
+    static TABLE: std::sync::OnceLock<[f32; SMALL]> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| std::array::from_fn(|i| (i as f32).ln_1p()));
+    match t.get(n as usize) {
+        Some(&v) => v,
+        None => (n as f32).ln_1p(),
+    }
+}
+
+/// Sorts hits by bucket: an LSD radix sort, one pass per byte of the bucket that any hit uses. The
+/// order among equal buckets does not matter (their signs are summed).
+fn sort_by_bucket(hits: &mut Vec<(u32, i8)>) {
+    if hits.len() < 64 {
+        hits.sort_unstable_by_key(|h| h.0);
+        return;
+    }
+    let max = hits.iter().map(|h| h.0).max().unwrap_or(0);
+    let mut tmp = vec![(0u32, 0i8); hits.len()];
+    let mut shift = 0;
+    while shift < 32 && (max >> shift) > 0 {
+        let mut counts = [0usize; 257];
+        for h in hits.iter() {
+            counts[((h.0 >> shift) & 0xff) as usize + 1] += 1;
+        }
+        for i in 1..257 {
+            counts[i] += counts[i - 1];
+        }
+        for &h in hits.iter() {
+            let d = ((h.0 >> shift) & 0xff) as usize;
+            tmp[counts[d]] = h;
+            counts[d] += 1;
+        }
+        std::mem::swap(hits, &mut tmp);
+        shift += 8;
     }
 }
 
@@ -890,6 +930,38 @@ fn merge(a: Sparse, b: Sparse) -> Sparse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn radix_sort_and_log_table_match_the_std_versions() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        for &(n, bits) in &[
+            (10usize, 16u32),
+            (100, 16),
+            (5000, 16),
+            (3000, 20),
+            (2000, 32),
+            (500, 8),
+        ] {
+            let mut hits: Vec<(u32, i8)> = (0..n)
+                .map(|i| {
+                    state = mix64(state);
+                    let b = if bits == 32 {
+                        state as u32
+                    } else {
+                        (state as u32) & ((1u32 << bits) - 1)
+                    };
+                    (b, if i % 3 == 0 { -1 } else { 1 })
+                })
+                .collect();
+            let mut want: Vec<u32> = hits.iter().map(|h| h.0).collect();
+            want.sort_unstable();
+            sort_by_bucket(&mut hits);
+            assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), want, "n={n} bits={bits}");
+        }
+        for k in 0..300u32 {
+            assert_eq!(ln_1p_count(k).to_bits(), (k as f32).ln_1p().to_bits(), "{k}");
+        }
+    }
 
     #[test]
     #[allow(clippy::unwrap_used)]
