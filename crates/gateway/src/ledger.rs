@@ -25,6 +25,7 @@ pub struct DeploymentStats {
 /// the ledger's running totals just before that period's first request. A period's requests and cost
 /// are the difference to the next used slot (or to the current totals), so nothing is ever reset and
 /// no concurrent update can be lost; a request racing the period change is counted in one of the two.
+/// (The ledger's first period starts from zero, see `Ledger::first_period`.)
 #[derive(Default)]
 struct Slot {
     period: AtomicU64,
@@ -45,6 +46,10 @@ pub struct Ledger {
     pub per_deployment: Vec<DeploymentStats>,
     latency: AtomicHistogram,
     history: Box<[Slot]>,
+    /// The first period any request was recorded in (0 = none yet). Its slot starts from zero: the
+    /// request that claimed it need not be the first one counted (another may have taken its number
+    /// first and lost the race to claim), and nothing comes before it.
+    first_period: AtomicU64,
 }
 
 const SLOT_SECS: u64 = 5;
@@ -78,6 +83,7 @@ impl Ledger {
             per_deployment: deps.iter().map(|_| DeploymentStats::default()).collect(),
             latency: AtomicHistogram::fine(),
             history: (0..HISTORY_SLOTS).map(|_| Slot::default()).collect(),
+            first_period: AtomicU64::new(0),
         }
     }
 
@@ -94,6 +100,9 @@ impl Ledger {
         let before_cost = self.cost.fetch_add(cost.0, Relaxed);
         self.latency.observe(latency_us as f64 / 1e6);
         let period = now / SLOT_SECS;
+        if self.first_period.load(Relaxed) == 0 {
+            let _ = self.first_period.compare_exchange(0, period, Relaxed, Relaxed);
+        }
         let slot = &self.history[(period % HISTORY_SLOTS as u64) as usize];
         let seen = slot.period.load(Relaxed);
         // The first request of a period claims its slot and stamps the totals before it.
@@ -106,11 +115,15 @@ impl Ledger {
     /// The used slots of the last [`HISTORY_SLOTS`] periods, oldest first, as (unix time, requests, cost).
     fn history(&self, now: u64) -> Vec<(u64, u64, u64)> {
         let current = now / SLOT_SECS;
+        let first = self.first_period.load(Relaxed);
         let mut used: Vec<(u64, u64, u64)> = self
             .history
             .iter()
             .map(|s| {
                 let period = s.period.load(Relaxed);
+                if period == first {
+                    return (period, 0, 0);
+                }
                 (period, s.start_requests.load(Relaxed), s.start_cost.load(Relaxed))
             })
             .filter(|&(p, _, _)| p != 0 && p <= current && p + HISTORY_SLOTS as u64 > current)
