@@ -150,8 +150,10 @@ impl Ledger {
     pub fn stats_json(&self, st: &AppState) -> Value {
         let hits = self.cache_hits.load(Relaxed);
         let misses = self.cache_misses.load(Relaxed);
-        let ms = |q| self.latency.quantile(q).map_or(0.0, |s| s * 1000.0);
-        let (p50, p95, p99) = (ms(0.5), ms(0.95), ms(0.99));
+        let [p50, p95, p99] = self
+            .latency
+            .quantiles([0.5, 0.95, 0.99])
+            .map(|s| s.map_or(0.0, |s| s * 1000.0));
         let now = unix_secs();
         let slots = self.history(now);
         let history: Vec<Value> = slots
@@ -250,7 +252,7 @@ mod tests {
         l.record_at(later, 1000, Nanos(1), true);
         assert_eq!(l.history(later), [(t0 + 5, 1, 40), (t0 + 15, 2, 240), (later, 1, 1)]);
         assert_eq!(l.history(later + SLOT_SECS * 200), []);
-        let ms = l.latency.quantile(0.5).unwrap() * 1000.0;
+        let ms = l.latency.quantiles([0.5])[0].unwrap() * 1000.0;
         assert!((2.0..2.05).contains(&ms), "{ms}"); // of 1, 1, 2, 3, 4 and 5 ms
     }
 

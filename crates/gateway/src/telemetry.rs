@@ -128,6 +128,41 @@ pub struct HotSeries {
     routing: Vec<(String, &'static str, Counter)>,
 }
 
+impl HotSeries {
+    fn resolve(
+        cache_events: &Family<EventType, Counter>,
+        saved_usd: &Family<Reason, FloatCounter>,
+        http_requests: &Family<Http, Counter>,
+        http_duration: &Family<Http, AtomicHistogram>,
+    ) -> Self {
+        // One statement per series: `get_or_create` returns a read guard that lives to the end of its
+        // statement, and creating a second series in the same family needs the write lock.
+        let ok = |endpoint| {
+            let labels = Http {
+                method: "POST",
+                endpoint,
+                status: 200,
+            };
+            let count = http_requests.get_or_create(&labels).clone();
+            let duration = http_duration.get_or_create(&labels).clone();
+            (count, duration)
+        };
+        let event = |event_type| cache_events.get_or_create(&EventType { event_type }).clone();
+        let saved = |reason| saved_usd.get_or_create(&Reason { reason }).clone();
+        let (cache_hit, cache_miss) = (event("hit"), event("miss"));
+        let (saved_cache, saved_routing) = (saved("cache"), saved("routing"));
+        HotSeries {
+            cache_hit,
+            cache_miss,
+            saved_cache,
+            saved_routing,
+            chat_ok: ok("/v1/chat/completions"),
+            generate_ok: ok("/generate"),
+            routing: Vec::new(),
+        }
+    }
+}
+
 /// The reason codes of routing decisions (`Plan::reason`) whose series are resolved at start. A code
 /// missing here is still counted, through the label family.
 pub const ROUTE_REASONS: &[&str] = &[
@@ -206,11 +241,17 @@ impl Metrics {
 
     pub fn new() -> Self {
         let mut r = Registry::default();
+        let cache_events = Family::default();
+        let saved_usd = Family::default();
+        let http_requests = Family::default();
+        let http_duration: Family<Http, AtomicHistogram> =
+            Family::new_with_constructor(|| AtomicHistogram::new(http_buckets()));
+        let hot = HotSeries::resolve(&cache_events, &saved_usd, &http_requests, &http_duration);
         let m = Metrics {
             cost_usd: Family::default(),
-            cache_events: Family::default(),
-            http_duration: Family::new_with_constructor(|| AtomicHistogram::new(http_buckets())),
-            http_requests: Family::default(),
+            cache_events,
+            http_duration,
+            http_requests,
             llm_requests: Family::default(),
             upstream_duration: Family::new_with_constructor(|| AtomicHistogram::new(llm_buckets())),
             ttft: Family::new_with_constructor(|| AtomicHistogram::new(llm_buckets())),
@@ -221,7 +262,7 @@ impl Metrics {
             breaker_state: Family::default(),
             breaker_transitions: Family::default(),
             routing: Family::default(),
-            saved_usd: Family::default(),
+            saved_usd,
             cache_errors: Family::default(),
             // 10 us .. ~160 ms
             overhead: AtomicHistogram::new(exponential_buckets(0.00001, 2.0, 15)),
@@ -229,42 +270,8 @@ impl Metrics {
             request_log_dropped: Counter::default(),
             feedback: Counter::default(),
             registry: Registry::default(),
-            hot: HotSeries {
-                cache_hit: Counter::default(),
-                cache_miss: Counter::default(),
-                saved_cache: FloatCounter::default(),
-                saved_routing: FloatCounter::default(),
-                chat_ok: (Counter::default(), AtomicHistogram::new([])),
-                generate_ok: (Counter::default(), AtomicHistogram::new([])),
-                routing: Vec::new(),
-            },
+            hot,
         };
-        // One statement per series: `get_or_create` returns a read guard that lives to the end of its
-        // statement, and creating a second series in the same family needs the write lock.
-        let ok = |endpoint| {
-            let labels = Http {
-                method: "POST",
-                endpoint,
-                status: 200,
-            };
-            let count = m.http_requests.get_or_create(&labels).clone();
-            let duration = m.http_duration.get_or_create(&labels).clone();
-            (count, duration)
-        };
-        let event = |event_type| m.cache_events.get_or_create(&EventType { event_type }).clone();
-        let saved = |reason| m.saved_usd.get_or_create(&Reason { reason }).clone();
-        let (cache_hit, cache_miss) = (event("hit"), event("miss"));
-        let (saved_cache, saved_routing) = (saved("cache"), saved("routing"));
-        let hot = HotSeries {
-            cache_hit,
-            cache_miss,
-            saved_cache,
-            saved_routing,
-            chat_ok: ok("/v1/chat/completions"),
-            generate_ok: ok("/generate"),
-            routing: Vec::new(),
-        };
-        let m = Metrics { hot, ..m };
         r.register(
             "llm_total_cost_usd",
             "Money spent on upstream calls, USD",

@@ -451,6 +451,19 @@ pub struct ErrorDetail {
     pub code: Option<String>,
 }
 
+/// Serializes `value` into a buffer sized for `text_len` bytes of message text (plus an eighth for
+/// escapes) and `structure` bytes of everything else, so it is not regrown as it fills (`to_vec`
+/// starts at 128 bytes).
+pub fn to_json_sized<T: Serialize + ?Sized>(
+    value: &T,
+    text_len: usize,
+    structure: usize,
+) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(structure + text_len + text_len / 8);
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
+}
+
 /// Best-effort extraction of a human message from any provider's error body.
 pub fn upstream_error_message(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;

@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use optiroute_protocol::openai::{ChatCompletion, ChatRequest, Message};
+use optiroute_protocol::openai::{ChatCompletion, ChatRequest, Message, to_json_sized};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
@@ -181,53 +181,38 @@ const H_LATENCY: HeaderName = HeaderName::from_static("x-optiroute-latency-ms");
 
 fn set_meta_headers(h: &mut HeaderMap, meta: &Meta, with_cost: bool) {
     h.reserve(9);
-    let mut put = |k: HeaderName, v: &str| {
+    let mut put = |k: HeaderName, v: Option<HeaderValue>| {
         // Header values come from config names and numbers; anything unprintable is dropped.
-        if let Ok(v) = HeaderValue::from_str(v) {
+        if let Some(v) = v {
             h.insert(k, v);
         }
     };
-    put(H_PROVIDER, &meta.provider);
-    put(H_MODEL, &meta.model);
-    put(H_DEPLOYMENT, &meta.deployment);
+    let text = |v: &str| HeaderValue::from_str(v).ok();
+    put(H_PROVIDER, text(&meta.provider));
+    put(H_MODEL, text(&meta.model));
+    put(H_DEPLOYMENT, text(&meta.deployment));
     if let Some(t) = &meta.tier {
-        put(H_TIER, t);
+        put(H_TIER, text(t));
     }
-    put(H_ROUTE_REASON, &meta.route_reason);
-    put(H_CACHE, meta.cache.as_str());
+    put(H_ROUTE_REASON, text(&meta.route_reason));
+    put(H_CACHE, text(meta.cache.as_str()));
     if with_cost {
-        // Numbers are formatted on the stack: no String per header.
-        let mut buf = StackStr::default();
-        put(H_COST, buf.format(format_args!("{}", meta.cost_usd)));
-        put(H_SAVED, buf.format(format_args!("{}", meta.saved_usd)));
+        put(H_COST, number(format_args!("{}", meta.cost_usd)));
+        put(H_SAVED, number(format_args!("{}", meta.saved_usd)));
         let us = (meta.latency_ms * 1000.0).round().max(0.0) as u64;
-        put(H_LATENCY, buf.format(format_args!("{}.{:03}", us / 1000, us % 1000)));
+        put(H_LATENCY, number(format_args!("{}.{:03}", us / 1000, us % 1000)));
     }
 }
 
-/// A short string formatted into a stack buffer (header values of numbers); output beyond its 32
-/// bytes is cut, which no number here reaches.
-#[derive(Default)]
-struct StackStr {
-    buf: [u8; 32],
-    len: usize,
-}
-
-impl StackStr {
-    fn format(&mut self, args: std::fmt::Arguments<'_>) -> &str {
-        self.len = 0;
-        let _ = std::fmt::write(self, args);
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl std::fmt::Write for StackStr {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        if n < s.len() { Err(std::fmt::Error) } else { Ok(()) }
-    }
+/// A header value of a formatted number, formatted on the stack (no String per header); None if it
+/// does not fit in 32 bytes, which no number here reaches.
+fn number(args: std::fmt::Arguments<'_>) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut buf = [0u8; 32];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    cursor.write_fmt(args).ok()?;
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 pub async fn chat_completions(
@@ -291,30 +276,25 @@ fn render_completion(completion: &ChatCompletion, meta: &Meta) -> serde_json::Re
         completion: &'a ChatCompletion,
         optiroute: &'a Meta,
     }
-    // Sized for a typical answer plus the meta object, so the buffer is not regrown as it fills.
-    let text: usize = completion.choices.iter().map(|c| c.message.text_len()).sum();
-    let mut out = Vec::with_capacity(768 + text + text / 8);
-    if completion.extra.contains_key("optiroute") {
+    let own;
+    let completion = if completion.extra.contains_key("optiroute") {
         // The upstream is itself a gateway that added this field: ours replaces it.
-        let mut own = completion.clone();
-        own.extra.remove("optiroute");
-        serde_json::to_writer(
-            &mut out,
-            &WithMeta {
-                completion: &own,
-                optiroute: meta,
-            },
-        )?;
+        let mut c = completion.clone();
+        c.extra.remove("optiroute");
+        own = c;
+        &own
     } else {
-        serde_json::to_writer(
-            &mut out,
-            &WithMeta {
-                completion,
-                optiroute: meta,
-            },
-        )?;
-    }
-    Ok(out)
+        completion
+    };
+    let text = completion.choices.iter().map(|c| c.message.text_len()).sum();
+    to_json_sized(
+        &WithMeta {
+            completion,
+            optiroute: meta,
+        },
+        text,
+        768,
+    )
 }
 
 /// Runs a non-streaming completion, records it (ledger, log line) and renders the body with `render`.
@@ -487,20 +467,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rendering_adds_our_object_and_replaces_an_upstream_gateways() {
+        let meta = Meta {
+            provider: "p".into(),
+            model: "m".into(),
+            deployment: "d".into(),
+            tier: None,
+            route_reason: "r".into(),
+            cache: engine::CacheStatus::Bypass,
+            cost_usd: optiroute_protocol::pricing::Nanos(1_500_000_000),
+            saved_usd: optiroute_protocol::pricing::Nanos(0),
+            saved_by: None,
+            latency_ms: 1.0,
+            ttft_ms: None,
+            usage_estimated: false,
+            usage: None,
+            features: None,
+        };
+        let upstream = r#"{"id":"c","model":"m","choices":[{"message":{"role":"assistant","content":"hi \"x\""}}],"system_fingerprint":"fp","optiroute":{"deployment":"theirs"}}"#;
+        let completion: ChatCompletion = serde_json::from_str(upstream).unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&render_completion(&completion, &meta).unwrap()).unwrap();
+        assert_eq!(out["optiroute"]["deployment"], "d");
+        assert_eq!(out["optiroute"]["cost_usd"], 1.5);
+        assert_eq!(out["choices"][0]["message"]["content"], "hi \"x\"");
+        assert_eq!(out["system_fingerprint"], "fp");
+        // Exactly one `optiroute` key in the bytes, not theirs and ours.
+        let raw = String::from_utf8(render_completion(&completion, &meta).unwrap()).unwrap();
+        assert_eq!(raw.matches("\"optiroute\"").count(), 1, "{raw}");
+    }
+
+    #[test]
     fn numbers_formatted_on_the_stack_match_the_heap_formatting() {
-        let mut buf = StackStr::default();
+        fn num(args: std::fmt::Arguments<'_>) -> String {
+            number(args).unwrap().to_str().unwrap().to_owned()
+        }
         for n in [0, 1, 999_999_999, 1_000_000_000, 12_345_678_901, u64::MAX] {
             let nanos = optiroute_protocol::pricing::Nanos(n);
-            assert_eq!(buf.format(format_args!("{nanos}")), nanos.to_string());
+            assert_eq!(num(format_args!("{nanos}")), nanos.to_string());
         }
         for us in [0u64, 7, 1_342, 1_000_000, u64::MAX / 1000] {
             assert_eq!(
-                buf.format(format_args!("{}.{:03}", us / 1000, us % 1000)),
+                num(format_args!("{}.{:03}", us / 1000, us % 1000)),
                 format!("{:.3}", us as f64 / 1000.0)
             );
         }
-        // Longer than the buffer: cut, never a panic.
-        assert_eq!(buf.format(format_args!("{}", "x".repeat(100))).len(), 32);
+        // Longer than the buffer: no header, never a cut value or a panic.
+        assert!(number(format_args!("{}", "1".repeat(33))).is_none());
+        assert!(number(format_args!("{}", "1".repeat(32))).is_some());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! unknown request fields pass through untouched.
 
 use futures_util::StreamExt;
-use optiroute_protocol::openai::{ChatChunk, ChatCompletion, ChatRequest, StreamOptions};
+use optiroute_protocol::openai::{ChatChunk, ChatCompletion, ChatRequest, StreamOptions, to_json_sized};
 
 use super::{CallTarget, ChunkStream, Upstream};
 use crate::error::{UpstreamError, UpstreamKind};
@@ -31,11 +31,9 @@ impl OpenAiCompat {
             out.stream = None;
             out.stream_options = None;
         }
-        let text: usize = req.messages.iter().map(|m| m.text_len()).sum();
-        let mut body = Vec::with_capacity(256 + text + text / 8);
-        serde_json::to_writer(&mut body, &out)
-            .map_err(|e| UpstreamError::new(UpstreamKind::Protocol, &self.up.name, e.to_string()))?;
-        Ok(body)
+        let text = req.messages.iter().map(|m| m.text_len()).sum();
+        to_json_sized(&out, text, 256)
+            .map_err(|e| UpstreamError::new(UpstreamKind::Protocol, &self.up.name, e.to_string()))
     }
 
     pub async fn chat(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChatCompletion, UpstreamError> {
