@@ -306,6 +306,12 @@ pub struct RoutingConfig {
     /// strongest tier when a check on the answer fails (empty, truncated, refusal, invalid JSON, no final
     /// answer to a math question).
     pub cascade: bool,
+    /// Cascade mode, math-style prompts: a cheap answer that passes the checks is still escalated when the
+    /// verifier's probability that it is wrong reaches this (1 = rule checks only).
+    pub cascade_max_risk: f64,
+    /// Verifier file for cascade mode (from `optiroute router train-verifier`), read at start; default:
+    /// the verifier built into the binary.
+    pub cascade_verifier: Option<String>,
     /// Log the learned router's feature inputs (hashed n-grams and dense counts, never prompt text)
     /// with each `auto` request in the request log, for `optiroute router export` / `router train`.
     pub log_features: bool,
@@ -328,6 +334,8 @@ impl Default for RoutingConfig {
             sticky: true,
             sticky_max_tokens: 64,
             cascade: false,
+            cascade_max_risk: 0.5,
+            cascade_verifier: None,
             log_features: false,
             weights: None,
         }
@@ -787,6 +795,17 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&r.threshold) {
             return Err(bad("routing.threshold".into(), "must be between 0 and 1".into()));
+        }
+        if !(0.0..=1.0).contains(&r.cascade_max_risk) {
+            return Err(bad("routing.cascade_max_risk".into(), "must be between 0 and 1".into()));
+        }
+        if let Some(path) = &r.cascade_verifier
+            && !std::path::Path::new(path).is_file()
+        {
+            return Err(bad(
+                "routing.cascade_verifier".into(),
+                format!("`{path}` is not a readable file (a verifier file from `optiroute router train-verifier`)"),
+            ));
         }
         if let Some(path) = &r.weights
             && !std::path::Path::new(path).is_file()

@@ -560,7 +560,19 @@ fn cascade_escalation(
         // A cap the client chose is not a failure of the model.
         hit_length_limit: choice.finish_reason.as_deref() == Some("length") && req.output_cap().is_none(),
     };
-    let why = optiroute_router::cascade::check(&choice.message.text(), opts)?;
+    let answer = choice.message.text();
+    let why = match optiroute_router::cascade::check(&answer, opts) {
+        Some(why) => serialized_name(why),
+        None => {
+            // Math-style answers that pass the checks: escalate when the verifier rates them likely wrong.
+            let v = st.router.verifier.as_ref().filter(|_| opts.math)?;
+            let risk = v.risk(&req.last_user_text(), &answer, opts);
+            if risk < st.router.cascade_max_risk {
+                return None;
+            }
+            optiroute_router::cascade::likely_wrong_reason(risk)
+        }
+    };
     let candidates: Vec<usize> = plan
         .candidates
         .iter()
@@ -571,10 +583,6 @@ fn cascade_escalation(
         return None;
     }
     st.metrics.record_routing(strongest, "cascade_escalated");
-    let why = serde_json::to_value(why)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
     Some((
         why,
         Plan {
@@ -584,6 +592,14 @@ fn cascade_escalation(
             ..plan.clone()
         },
     ))
+}
+
+/// The snake_case name an escalation reason has on the wire.
+fn serialized_name(why: optiroute_router::cascade::Escalation) -> String {
+    serde_json::to_value(why)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn route_reason(plan: &Plan, position: usize, d: &crate::state::Deployment) -> String {

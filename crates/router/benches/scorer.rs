@@ -39,6 +39,23 @@ fn bench(c: &mut Criterion) {
     });
     let heuristic = HeuristicScorer::default();
     c.bench_function("heuristic_score_2kb", |b| b.iter(|| heuristic.score(black_box(&conv))));
+    // The cascade verifier on a worked GSM8K-style answer (about 600 bytes).
+    let verifier = match optiroute_router::verifier::Verifier::embedded() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("embedded verifier failed to load: {e}");
+            return;
+        }
+    };
+    let question = "A shop sells 12 boxes of 8 pencils. It gives away 15 pencils and sells the rest for $2 each. \
+                    Then it buys 3 more boxes with a quarter of the money. How much money does it have left?";
+    let answer = "The shop has 12 * 8 = <<12*8=96>>96 pencils.\nAfter giving away 15 it has 96 - 15 = <<96-15=81>>81 pencils.\n\
+                  It sells them for 81 * 2 = $<<81*2=162>>162.\nA quarter of the money is 162 / 4 = $<<162/4=40.5>>40.5.\n\
+                  It has 162 - 40.5 = $<<162-40.5=121.5>>121.5 left.\n#### 121.5";
+    let opts = optiroute_router::cascade::CheckOptions::MATH;
+    c.bench_function("verifier_risk_answer", |b| {
+        b.iter(|| verifier.risk(black_box(question), black_box(answer), opts))
+    });
     c.bench_function("embedded_weights_load", |b| {
         b.iter(|| LearnedScorer::embedded().map(|m| m.name().len()))
     });

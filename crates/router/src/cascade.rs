@@ -16,6 +16,8 @@ pub enum Escalation {
     InvalidJson,
     NoFinalAnswer,
     BadArithmetic,
+    /// The answer passed every check, but the verifier ([`crate::verifier`]) rates it likely wrong.
+    LikelyWrong,
 }
 
 /// Which checks apply to a request.
@@ -27,6 +29,15 @@ pub struct CheckOptions {
     pub json: bool,
     /// The upstream stopped because of the token limit (`finish_reason = "length"`).
     pub hit_length_limit: bool,
+}
+
+impl CheckOptions {
+    /// A math-style prompt, no JSON mode, not cut by the token limit.
+    pub const MATH: CheckOptions = CheckOptions {
+        math: true,
+        json: false,
+        hit_length_limit: false,
+    };
 }
 
 const REFUSALS: &[&str] = &[
@@ -51,8 +62,7 @@ pub fn check(answer: &str, opts: CheckOptions) -> Option<Escalation> {
     if opts.hit_length_limit || looks_truncated(t) {
         return Some(Escalation::Truncated);
     }
-    let head: String = t.chars().take(200).collect::<String>().to_lowercase();
-    if REFUSALS.iter().any(|r| head.contains(r)) {
+    if is_refusal(t) {
         return Some(Escalation::Refusal);
     }
     if opts.json && serde_json::from_str::<serde_json::Value>(strip_fence(t)).is_err() {
@@ -67,6 +77,28 @@ pub fn check(answer: &str, opts: CheckOptions) -> Option<Escalation> {
         }
     }
     None
+}
+
+const LIKELY_WRONG: &str = "likely_wrong, risk ";
+
+/// How a verifier escalation reads in a route reason: `likely_wrong, risk 0.77`.
+pub fn likely_wrong_reason(risk: f32) -> String {
+    format!("{LIKELY_WRONG}{risk:.2}")
+}
+
+/// The verifier's risk in a route reason written by [`likely_wrong_reason`], if any.
+pub fn risk_in_reason(reason: &str) -> Option<f32> {
+    let rest = &reason[reason.find(LIKELY_WRONG)? + LIKELY_WRONG.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse::<f32>().ok().filter(|r| (0.0..=1.0).contains(r))
+}
+
+/// The answer opens like a refusal ("I'm sorry", "I cannot", "As an AI", ...).
+pub fn is_refusal(t: &str) -> bool {
+    let head: String = t.trim().chars().take(200).collect::<String>().to_lowercase();
+    REFUSALS.iter().any(|r| head.contains(r))
 }
 
 fn strip_fence(t: &str) -> &str {
@@ -291,11 +323,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const MATH: CheckOptions = CheckOptions {
-        math: true,
-        json: false,
-        hit_length_limit: false,
-    };
+    const MATH: CheckOptions = CheckOptions::MATH;
 
     #[test]
     fn accepts_a_complete_checked_answer() {
@@ -328,6 +356,21 @@ mod tests {
             ..json
         };
         assert_eq!(check("{}", cut), Some(Escalation::Truncated));
+    }
+
+    #[test]
+    fn likely_wrong_reasons_round_trip() {
+        let reason = format!(
+            "cascade: the local answer failed its check ({}); escalated",
+            likely_wrong_reason(0.768)
+        );
+        assert!(reason.contains("(likely_wrong, risk 0.77)"), "{reason}");
+        assert_eq!(risk_in_reason(&reason), Some(0.77));
+        assert_eq!(
+            risk_in_reason("cascade: the local answer failed its check (no_final_answer); escalated"),
+            None
+        );
+        assert_eq!(risk_in_reason("likely_wrong, risk 7"), None);
     }
 
     #[test]

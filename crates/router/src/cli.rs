@@ -8,6 +8,7 @@ use crate::metrics::Curve;
 use crate::plot::{self, Marker, Series};
 use crate::scorer::{HeuristicScorer, Scorer};
 use crate::traffic;
+use crate::verifier::Verifier;
 use anyhow::{Context, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -167,8 +168,36 @@ pub enum RouterCommand {
         /// Threads used to train folds in parallel.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Cascade verifier weights for files with cheap answers, when the verifier is not trained
+        /// here (no --cv/--train); default: the embedded verifier.
+        #[arg(long)]
+        verifier: Option<PathBuf>,
+        /// L2 strength for cascade verifiers trained here (with --cv or --train).
+        #[arg(long, default_value_t = 1.0)]
+        verifier_l2: f64,
         #[command(flatten)]
         train_args: TrainArgs,
+    },
+    /// Rate every cheap answer (`weak_response`) of a JSONL file with the cascade as shipped: one JSON
+    /// line per input line, `{"prompt", "risk", "check"}`; `check` is the failed rule check or null,
+    /// `risk` the verifier's probability that the answer is wrong.
+    Verify {
+        #[arg(long)]
+        data: PathBuf,
+        /// A verifier file instead of the embedded one.
+        #[arg(long)]
+        verifier: Option<PathBuf>,
+    },
+    /// Train the cascade's verifier on JSONL rows that hold the cheap model's answer (`weak_response`)
+    /// and outcomes, and write its weights (the shipped ones: `weights/verifier.json`, from gsm8k.dev).
+    TrainVerifier {
+        #[arg(long, num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// L2 strength on the standardised features.
+        #[arg(long, default_value_t = 1.0)]
+        l2: f64,
     },
     /// Score every prompt of a JSONL file with the router as shipped; one JSON line per input line.
     Score {
@@ -249,6 +278,16 @@ fn learned_from(weights: Option<&Path>) -> anyhow::Result<LearnedScorer> {
     })
 }
 
+fn verifier_from(path: Option<&Path>) -> anyhow::Result<Verifier> {
+    Ok(match path {
+        Some(p) => {
+            Verifier::from_json(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                .with_context(|| format!("{} is not a verifier file", p.display()))?
+        }
+        None => Verifier::embedded()?,
+    })
+}
+
 fn shipped_scorer(router: RouterName, weights: Option<&Path>, seed: u64) -> anyhow::Result<Box<dyn Scorer>> {
     Ok(match router {
         RouterName::Learned => Box::new(learned_from(weights)?),
@@ -282,6 +321,8 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
             scores_out,
             seed,
             threads,
+            verifier,
+            verifier_l2,
             train_args,
         } => {
             let rows = load_rows(&data, true)?;
@@ -313,6 +354,31 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
                 let s = shipped_scorer(router, None, seed)?;
                 (eval::score_rows(s.as_ref(), &rows), None, "rule")
             };
+            let copts = eval::cascade_options(&rows);
+            let cascade_scores = if !copts.math || rows.iter().all(|r| r.weak_response.is_none()) {
+                None
+            } else if let Some((f, k)) = &folds {
+                let s = crate::verifier::cross_val_cascade_scores(&rows, f, *k, verifier_l2, copts)?;
+                Some((s, "cv".to_string()))
+            } else if !train.is_empty() {
+                let ex = crate::verifier::examples(&load_all(&train)?, copts);
+                match crate::verifier::train(&ex, verifier_l2) {
+                    Ok(v) => Some((
+                        crate::verifier::cascade_scores(&v, &rows, copts),
+                        "train-test".to_string(),
+                    )),
+                    Err(e) => {
+                        eprintln!("note: no cascade verifier: {e}");
+                        None
+                    }
+                }
+            } else {
+                eprintln!(
+                    "note: the cascade verifier is the shipped one; if it was trained on {data_name} its figures are in-sample"
+                );
+                let v = verifier_from(verifier.as_deref())?;
+                Some((crate::verifier::cascade_scores(&v, &rows, copts), "shipped".to_string()))
+            };
             let rep = eval::report(
                 eval::Provenance {
                     router: router.as_str(),
@@ -321,6 +387,7 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
                     trained_on,
                     seed,
                     folds: folds.as_ref().map(|(f, k)| (f.as_slice(), *k)),
+                    cascade_scores: cascade_scores.as_ref().map(|(s, m)| (s.as_slice(), m.clone())),
                 },
                 &rows,
                 &scores,
@@ -420,6 +487,38 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
             std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {} ({} bytes, {n} examples)", out.display(), text.len());
         }
+        RouterCommand::Verify { data, verifier } => {
+            let rows = load_rows(&data, false)?;
+            let v = verifier_from(verifier.as_deref())?;
+            let opts = eval::cascade_options(&rows);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for r in &rows {
+                let (risk, check) = match r.weak_response.as_deref() {
+                    Some(a) => (
+                        Some(v.risk(r.conv.last_user(), a, opts)),
+                        crate::cascade::check(a, opts),
+                    ),
+                    None => (None, None),
+                };
+                let line = serde_json::json!({ "prompt": r.prompt, "risk": risk, "check": check });
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+        }
+        RouterCommand::TrainVerifier { data, out, l2 } => {
+            let rows = load_all(&data)?;
+            let opts = eval::cascade_options(&rows);
+            let ex = crate::verifier::examples(&rows, opts);
+            let mut v = crate::verifier::train(&ex, l2)?;
+            v.set_meta(serde_json::json!({
+                "trained_on": data.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()).collect::<Vec<_>>(),
+                "examples": ex.len(),
+                "l2": l2,
+            }));
+            let text = v.to_json()?;
+            std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} ({} examples)", out.display(), ex.len());
+        }
         RouterCommand::Export(_) => {
             bail!("`router export` reads the gateway's store: run it as `optiroute router export`")
         }
@@ -442,16 +541,20 @@ pub fn table(r: &EvalReport) -> String {
     };
     s += &format!("router {} on {} ({} prompts; {mode})\n", r.router, r.data, r.n);
     s += &format!("  quality: strong {:.4}, weak {:.4}\n", r.q_strong, r.q_weak);
-    s += &format!("  APGR        {:.4}\n", r.apgr);
+    s += &format!("  APGR        {:.4}\n", r.summary.apgr);
     if !r.fold_apgr.is_empty() {
         let m = r.fold_apgr.iter().sum::<f64>() / r.fold_apgr.len() as f64;
         let sd = (r.fold_apgr.iter().map(|x| (x - m).powi(2)).sum::<f64>() / r.fold_apgr.len() as f64).sqrt();
         s += &format!("  APGR/fold   {m:.4} ± {sd:.4}\n");
     }
-    s += &format!("  CPT(50%)    {}\n  CPT(80%)    {}\n", pct(r.cpt50), pct(r.cpt80));
+    s += &format!(
+        "  CPT(50%)    {}\n  CPT(80%)    {}\n",
+        pct(r.summary.cpt50),
+        pct(r.summary.cpt80)
+    );
     s += &format!(
         "  PGR @20%    {:.4}\n  PGR @30%    {:.4}\n  PGR @50%    {:.4}\n",
-        r.pgr_at_20, r.pgr_at_30, r.pgr_at_50
+        r.summary.pgr_at_20, r.summary.pgr_at_30, r.summary.pgr_at_50
     );
     s += &format!("  max PGR     {:.4} at {:.1}%\n", r.max_pgr, r.max_pgr_at * 100.0);
     s += &format!(
@@ -490,6 +593,20 @@ pub fn table(r: &EvalReport) -> String {
             c.reasons
         );
     }
+    if let Some(g) = &r.cascade_verifier {
+        s += &format!(
+            "  cascade with the verifier ({}): APGR {:.4}, CPT(50%) {}, CPT(80%) {}, PGR @20% {:.4}, @30% {:.4}; at risk >= {}: strong share {:.1}%, PGR {:.4}\n",
+            g.verifier,
+            g.summary.apgr,
+            pct(g.summary.cpt50),
+            pct(g.summary.cpt80),
+            g.summary.pgr_at_20,
+            g.summary.pgr_at_30,
+            g.max_risk,
+            g.at_max_risk.strong_share * 100.0,
+            g.at_max_risk.pgr
+        );
+    }
     s
 }
 
@@ -497,9 +614,14 @@ pub fn table(r: &EvalReport) -> String {
 pub fn render_plot(r: &EvalReport, heuristic: Option<&Curve>) -> String {
     let dense = |c: &Curve| plot::thin(&c.points().collect::<Vec<_>>(), 400);
     let label = match r.mode.as_str() {
-        "cv" => format!("{} ({}-fold CV), APGR {:.3}", r.router, r.cv_folds.unwrap_or(0), r.apgr),
-        "train-test" => format!("{} (other benchmarks), APGR {:.3}", r.router, r.apgr),
-        _ => format!("{}, APGR {:.3}", r.router, r.apgr),
+        "cv" => format!(
+            "{} ({}-fold CV), APGR {:.3}",
+            r.router,
+            r.cv_folds.unwrap_or(0),
+            r.summary.apgr
+        ),
+        "train-test" => format!("{} (other benchmarks), APGR {:.3}", r.router, r.summary.apgr),
+        _ => format!("{}, APGR {:.3}", r.router, r.summary.apgr),
     };
     let mut series = vec![Series {
         label,
@@ -521,6 +643,14 @@ pub fn render_plot(r: &EvalReport, heuristic: Option<&Curve>) -> String {
         color: plot::PALETTE[3],
         dashed: true,
     });
+    if let Some(g) = &r.cascade_verifier {
+        series.push(Series {
+            label: format!("cascade with verifier ({}), APGR {:.3}", g.verifier, g.summary.apgr),
+            points: dense(&g.curve),
+            color: plot::PALETTE[4],
+            dashed: true,
+        });
+    }
     series.push(Series {
         label: "random, APGR 0.500".into(),
         points: vec![(0.0, 0.0), (1.0, 1.0)],
@@ -535,10 +665,22 @@ pub fn render_plot(r: &EvalReport, heuristic: Option<&Curve>) -> String {
     }];
     if let Some(c) = &r.cascade {
         markers.push(Marker {
-            label: format!("cascade ({:.1}% strong)", c.strong_share * 100.0),
+            label: format!("cascade, rule checks ({:.1}% strong)", c.strong_share * 100.0),
             share: c.strong_share,
             pgr: c.pgr,
             color: plot::PALETTE[4],
+        });
+    }
+    if let Some(g) = &r.cascade_verifier {
+        markers.push(Marker {
+            label: format!(
+                "cascade, risk >= {} ({:.1}% strong)",
+                g.max_risk,
+                g.at_max_risk.strong_share * 100.0
+            ),
+            share: g.at_max_risk.strong_share,
+            pgr: g.at_max_risk.pgr,
+            color: plot::PALETTE[5],
         });
     }
     let file = Path::new(&r.data)

@@ -149,11 +149,28 @@ fn margin(curve: &Curve, base: &Curve) -> Option<Margin> {
         })
 }
 
+/// The headline figures of a PGR curve.
 #[derive(Clone, Debug, Serialize)]
-pub struct BaselineSummary {
+pub struct CurveSummary {
     pub apgr: f64,
     pub cpt50: Option<f64>,
     pub cpt80: Option<f64>,
+    pub pgr_at_20: f64,
+    pub pgr_at_30: f64,
+    pub pgr_at_50: f64,
+}
+
+impl CurveSummary {
+    pub fn of(c: &Curve) -> Self {
+        CurveSummary {
+            apgr: c.apgr(),
+            cpt50: c.cpt(0.5),
+            cpt80: c.cpt(0.8),
+            pgr_at_20: c.pgr_at(0.2),
+            pgr_at_30: c.pgr_at(0.3),
+            pgr_at_50: c.pgr_at(0.5),
+        }
+    }
 }
 
 /// Everything `router eval --json` prints.
@@ -169,12 +186,8 @@ pub struct EvalReport {
     pub n: usize,
     pub q_strong: f64,
     pub q_weak: f64,
-    pub apgr: f64,
-    pub cpt50: Option<f64>,
-    pub cpt80: Option<f64>,
-    pub pgr_at_20: f64,
-    pub pgr_at_30: f64,
-    pub pgr_at_50: f64,
+    #[serde(flatten)]
+    pub summary: CurveSummary,
     pub max_pgr: f64,
     pub max_pgr_at: f64,
     /// APGR of each cross-validation fold scored on its own (the headline figures pool all folds).
@@ -184,10 +197,13 @@ pub struct EvalReport {
     /// Versus the length rule used under a budget (random pick among prompts over 60 chars).
     pub vs_length_rule: Option<Margin>,
     /// Prompt length as a ranking score (any threshold): a stronger baseline than the fixed rule.
-    pub length_curve: BaselineSummary,
+    pub length_curve: CurveSummary,
     pub vs_length_curve: Option<Margin>,
     /// Cascade checks on the stored cheap answers, when the file has `weak_response`.
     pub cascade: Option<CascadeReport>,
+    /// The cascade with the verifier: escalations ranked by the risk that the cheap answer is wrong
+    /// (math-style files with `weak_response`).
+    pub cascade_verifier: Option<GradedCascade>,
     #[serde(skip)]
     pub curve: Curve,
     #[serde(skip)]
@@ -207,6 +223,35 @@ pub struct Provenance<'a> {
     pub seed: u64,
     /// Fold of each row and the number of folds, for cross-validated scores.
     pub folds: Option<(&'a [usize], usize)>,
+    /// The cascade's ranking scores ([`crate::verifier::cascade_scores`]) and where its verifier came from.
+    pub cascade_scores: Option<(&'a [f32], String)>,
+}
+
+/// The escalation threshold the gateway uses by default (`[routing] cascade_max_risk`).
+pub const DEFAULT_MAX_RISK: f64 = 0.5;
+
+/// The cascade as a curve: the cheap model answers every prompt, and the strong model is called for the
+/// answers that fail a check first, then in order of the verifier's risk.
+#[derive(Clone, Debug, Serialize)]
+pub struct GradedCascade {
+    /// "cv" (trained on the other folds), "train-test" or "shipped".
+    pub verifier: String,
+    #[serde(flatten)]
+    pub summary: CurveSummary,
+    pub max_risk: f64,
+    /// Escalating on a failed check or `risk >= max_risk`, as the gateway does.
+    pub at_max_risk: OperatingPoint,
+    #[serde(skip)]
+    pub curve: Curve,
+}
+
+/// The cascade checks that apply to a file: math-style when every row is a GSM8K row.
+pub fn cascade_options(rows: &[Row]) -> CheckOptions {
+    CheckOptions {
+        math: !rows.is_empty() && rows.iter().all(|r| r.benchmark.eq_ignore_ascii_case("gsm8k")),
+        json: false,
+        hit_length_limit: false,
+    }
 }
 
 /// Builds the report for `scores` on `rows`.
@@ -218,6 +263,7 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
         trained_on,
         seed,
         folds: fold_of,
+        cascade_scores,
     } = p;
     let out = outcomes(rows);
     let curve = Curve::from_scores(scores, &out)?;
@@ -241,18 +287,23 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
     }
     let cascade = if rows.iter().any(|r| r.weak_response.is_some()) {
         let answers: Vec<Option<&str>> = rows.iter().map(|r| r.weak_response.as_deref()).collect();
-        let math = rows.iter().all(|r| r.benchmark.eq_ignore_ascii_case("gsm8k"));
-        Some(cascade::evaluate(
-            &answers,
-            &out,
-            CheckOptions {
-                math,
-                json: false,
-                hit_length_limit: false,
-            },
-        )?)
+        Some(cascade::evaluate(&answers, &out, cascade_options(rows))?)
     } else {
         None
+    };
+    let cascade_verifier = match cascade_scores {
+        Some((scores, verifier)) => {
+            let curve = Curve::from_scores(scores, &out)?;
+            let escalate: Vec<bool> = scores.iter().map(|&s| s as f64 >= DEFAULT_MAX_RISK).collect();
+            Some(GradedCascade {
+                verifier,
+                summary: CurveSummary::of(&curve),
+                max_risk: DEFAULT_MAX_RISK,
+                at_max_risk: operating_point(&escalate, &out)?,
+                curve,
+            })
+        }
+        None => None,
     };
     let (max_pgr_at, max_pgr) = curve.max_pgr();
     Ok(EvalReport {
@@ -265,24 +316,16 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
         n: rows.len(),
         q_strong: curve.q_strong,
         q_weak: curve.q_weak,
-        apgr: curve.apgr(),
-        cpt50: curve.cpt(0.5),
-        cpt80: curve.cpt(0.8),
-        pgr_at_20: curve.pgr_at(0.2),
-        pgr_at_30: curve.pgr_at(0.3),
-        pgr_at_50: curve.pgr_at(0.5),
+        summary: CurveSummary::of(&curve),
         max_pgr,
         max_pgr_at,
         fold_apgr,
         length_rule,
         vs_length_rule: margin(&curve, &length_rule_curve),
-        length_curve: BaselineSummary {
-            apgr: length_score_curve.apgr(),
-            cpt50: length_score_curve.cpt(0.5),
-            cpt80: length_score_curve.cpt(0.8),
-        },
+        length_curve: CurveSummary::of(&length_score_curve),
         vs_length_curve: margin(&curve, &length_score_curve),
         cascade,
+        cascade_verifier,
         curve,
         length_rule_curve,
         length_score_curve,

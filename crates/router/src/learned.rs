@@ -908,7 +908,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Minimises a smooth convex function with L-BFGS (memory 10) and a backtracking Armijo line search.
-fn lbfgs(n: usize, max_iters: usize, mut f: impl FnMut(&[f64], &mut [f64]) -> f64) -> Vec<f64> {
+pub(crate) fn lbfgs(n: usize, max_iters: usize, mut f: impl FnMut(&[f64], &mut [f64]) -> f64) -> Vec<f64> {
     const M: usize = 10;
     let mut x = vec![0.0; n];
     let mut g = vec![0.0; n];

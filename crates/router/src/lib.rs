@@ -4,9 +4,10 @@
 //!   n-grams and cheap signals), [`HeuristicScorer`] (hand-written rules), [`LengthRule`] (legacy rule).
 //! - [`metrics`]: PGR / APGR / CPT on the quality-vs-strong-share curve; [`eval`]: cross-validation.
 //! - [`ThresholdCalibrator`]: keeps a target strong share on live traffic.
-//! - [`cascade`]: cheap-first answering with checks that decide escalation.
+//! - [`cascade`]: cheap-first answering with checks that decide escalation; [`verifier`]: the risk that a
+//!   cheap answer that passed them is wrong anyway.
 //! - [`traffic`]: features the gateway logs for `auto` requests, exported rows, and labels for retraining.
-//! - [`cli`]: the `optiroute router {eval,score,train,export}` commands.
+//! - [`cli`]: the `optiroute router {eval,score,train,verify,train-verifier,export}` commands.
 //!
 //! Nothing here does I/O on the scoring path, and nothing needs an async runtime.
 
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod plot;
 pub mod scorer;
 pub mod traffic;
+pub mod verifier;
 
 pub use calibrate::ThresholdCalibrator;
 pub use cli::{RouterCommand, run};

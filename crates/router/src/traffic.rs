@@ -322,8 +322,10 @@ impl fmt::Display for TrafficReport {
 pub fn labels(row: &TrafficRow, base: [f32; 2]) -> Option<[f32; 2]> {
     let score = row.feedback.as_ref().map(|f| f.score.clamp(0.0, 1.0) as f32);
     if row.cascade_escalated {
-        // Served by the strong tier after the weak answer failed its check.
-        return Some([score.unwrap_or(base[0]), 1.0]);
+        // Served by the strong tier after the weak answer failed a rule check (wrong: 1), or after the
+        // verifier rated it likely wrong (wrong: its risk, an estimate rather than a fact).
+        let wrong = crate::cascade::risk_in_reason(&row.route_reason).unwrap_or(1.0);
+        return Some([score.unwrap_or(base[0]), wrong]);
     }
     let s = score?;
     Some(if row.strong_tier {
@@ -513,6 +515,13 @@ mod tests {
         assert_eq!(labels(&row("q", true, None, true, &h), base), Some([0.7, 1.0]));
         assert_eq!(labels(&row("q", true, Some(0.4), true, &h), base), Some([0.4, 1.0]));
         assert_eq!(labels(&row("q", false, None, false, &h), base), None);
+        // A verifier escalation labels the weak head with the verifier's risk, not with certainty.
+        let mut r = row("q", true, None, true, &h);
+        r.route_reason = format!(
+            "cascade: the local answer failed its check ({}); escalated",
+            crate::cascade::likely_wrong_reason(0.62)
+        );
+        assert_eq!(labels(&r, base), Some([0.7, 0.62]));
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct Router {
     strong_answers: Option<moka::sync::Cache<u64, ()>>,
     sticky_max_tokens: u64,
     pub cascade: bool,
+    /// Cascade mode: rates cheap answers to math-style prompts that pass the rule checks.
+    pub verifier: Option<optiroute_router::verifier::Verifier>,
+    /// Escalate when the verifier's risk reaches this (`[routing] cascade_max_risk`; 1 = never).
+    pub cascade_max_risk: f32,
     /// `[routing] log_features`: the shipped learned weights' n-gram settings, in which features are logged.
     feature_hash: Option<std::sync::Arc<optiroute_router::features::HashConfig>>,
 }
@@ -117,6 +121,22 @@ impl Router {
             },
             _ => (Box::new(HeuristicScorer::default()), "heuristic"),
         };
+        let verifier = if r.cascade && r.cascade_max_risk < 1.0 {
+            let v = match &r.cascade_verifier {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("routing.cascade_verifier: cannot read `{path}`: {e}"))?;
+                    optiroute_router::verifier::Verifier::from_json(&text).map_err(|e| {
+                        anyhow::anyhow!("routing.cascade_verifier: `{path}` is not a verifier file: {e}")
+                    })?
+                }
+                None => optiroute_router::verifier::Verifier::embedded()
+                    .map_err(|e| anyhow::anyhow!("cascade verifier: {e}"))?,
+            };
+            Some(v)
+        } else {
+            None
+        };
         let reference = match &r.reference {
             Some(name) => deps.iter().position(|d| &d.name == name),
             None => r
@@ -149,6 +169,8 @@ impl Router {
             }),
             sticky_max_tokens: r.sticky_max_tokens,
             cascade: r.cascade,
+            verifier,
+            cascade_max_risk: r.cascade_max_risk as f32,
             feature_hash,
         })
     }

@@ -492,6 +492,31 @@ async fn a_bad_weights_file_is_refused_at_start() {
     }
 }
 
+/// `[routing] cascade_verifier` must be a verifier file and `cascade_max_risk` a probability.
+#[tokio::test]
+async fn cascade_verifier_settings_are_checked_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, "{\"format\": \"optiroute-weights\"}").unwrap();
+    for path in [
+        junk.display().to_string(),
+        dir.path().join("missing.json").display().to_string(),
+    ] {
+        let mut cfg = Config::test_default();
+        cfg.routing.cascade = true;
+        cfg.routing.cascade_verifier = Some(path.clone());
+        let err = match optiroute::state::AppState::new(cfg).await {
+            Ok(_) => panic!("started with {path}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("routing.cascade_verifier") && err.contains(&path), "{err}");
+    }
+    let mut cfg = Config::test_default();
+    cfg.routing.cascade_max_risk = 1.5;
+    let err = cfg.validate("test").unwrap_err().to_string();
+    assert!(err.contains("routing.cascade_max_risk"), "{err}");
+}
+
 /// A cascade escalation is exported as such, with features, and labels the weak head "wrong" even
 /// without feedback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

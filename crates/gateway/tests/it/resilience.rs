@@ -569,13 +569,97 @@ async fn cascade_escalates_a_failed_cheap_answer() {
     assert!(v["optiroute"]["cost_usd"].as_f64().unwrap() > 0.0);
     // A good cheap answer is kept.
     m1.handle.push(Behavior {
-        text: Some("He has 3 + 4 = 7 apples, so the answer is 7.".into()),
+        text: Some("Ann has 5 - 2 = <<5-2=3>>3 pears left.\n#### 3".into()),
         ..Default::default()
     });
-    let body = chat_body("auto", "Ann has 5 pears and eats 2. How many pears are left for her?");
+    let body = chat_body("auto", PEARS);
     let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
     assert_eq!(r.headers()["x-optiroute-deployment"], "a");
     assert_eq!((m1.handle.hits(), m2.handle.hits()), (2, 1));
+}
+
+const PEARS: &str = "Ann has 5 pears and eats 2. How many pears are left for her?";
+/// Passes every rule check (a final number, no broken arithmetic) but ignores the question's numbers.
+const WRONG_WORKING: &str = "He has 3 + 4 = 7 apples, so the answer is 7.";
+
+/// Gateway and two upstreams in cascade mode (no stickiness), with `edit` applied to the config.
+async fn cascade_gateway(edit: impl FnOnce(&mut Config)) -> (MockServer, MockServer, TestGateway) {
+    two_upstreams(|c| {
+        c.routing.cascade = true;
+        c.routing.sticky = false;
+        edit(c);
+    })
+    .await
+}
+
+/// Asks PEARS with the cheap upstream answering `cheap_answer`; returns the serving deployment, the
+/// route reason and the answer the client got.
+async fn ask_pears(gw: &TestGateway, cheap: &MockServer, cheap_answer: &str) -> (String, String, String) {
+    cheap.handle.push(Behavior {
+        text: Some(cheap_answer.into()),
+        ..Default::default()
+    });
+    let r = client()
+        .post(gw.chat_url())
+        .json(&chat_body("auto", PEARS))
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| r.headers()[name].to_str().unwrap().to_owned();
+    let (dep, reason) = (header("x-optiroute-deployment"), header("x-optiroute-route-reason"));
+    let v: Value = r.json().await.unwrap();
+    (
+        dep,
+        reason,
+        v["choices"][0]["message"]["content"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cascade_escalates_an_answer_the_verifier_rates_likely_wrong() {
+    let (m1, m2, gw) = cascade_gateway(|_| {}).await;
+    m2.handle.push(Behavior {
+        text: Some("5 - 2 = 3. The answer is 3.".into()),
+        ..Default::default()
+    });
+    let (dep, reason, answer) = ask_pears(&gw, &m1, WRONG_WORKING).await;
+    assert_eq!(dep, "b");
+    assert!(reason.contains("likely_wrong, risk 0."), "{reason}");
+    assert_eq!(answer, "5 - 2 = 3. The answer is 3.");
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 1));
+}
+
+/// A `[routing] cascade_verifier` file replaces the built-in verifier.
+#[tokio::test]
+async fn a_cascade_verifier_file_replaces_the_built_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A verifier that distrusts every answer escalates even a clean one.
+    let shipped = optiroute_router::verifier::Verifier::embedded().unwrap();
+    let mut v: Value = serde_json::from_str(&shipped.to_json().unwrap()).unwrap();
+    v["bias"] = 30.0.into();
+    let path = dir.path().join("suspicious.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let (m1, m2, gw) = cascade_gateway(|c| c.routing.cascade_verifier = Some(path.display().to_string())).await;
+    let (dep, reason, _) = ask_pears(&gw, &m1, "Ann has 5 - 2 = <<5-2=3>>3 pears left.\n#### 3").await;
+    assert_eq!(dep, "b");
+    assert!(reason.contains("likely_wrong, risk 1.00"), "{reason}");
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn cascade_max_risk_1_keeps_rule_checks_only() {
+    let (m1, m2, gw) = cascade_gateway(|c| c.routing.cascade_max_risk = 1.0).await;
+    let (dep, _, answer) = ask_pears(&gw, &m1, WRONG_WORKING).await;
+    assert_eq!((dep.as_str(), answer.as_str()), ("a", WRONG_WORKING));
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 0));
+    // A rule failure still escalates.
+    let r = client()
+        .post(gw.chat_url())
+        .json(&cascade_scenario(&m1, &m2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-optiroute-deployment"], "b");
 }
 
 #[tokio::test]
