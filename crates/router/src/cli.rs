@@ -159,7 +159,8 @@ pub enum RouterCommand {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
-        /// Write the evaluated scores (out-of-fold with --cv) as JSONL: prompt, score, strong, weak.
+        /// Write the evaluated scores (out-of-fold with --cv) as JSONL: prompt, score, strong, weak, and
+        /// for files with cheap answers `cascade_score` (1 + risk after a failed rule check, else risk).
         #[arg(long)]
         scores_out: Option<PathBuf>,
         /// Seed for the fold split and the random router.
@@ -396,9 +397,14 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
                 let mut w = std::io::BufWriter::new(
                     std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
                 );
-                for (r, s) in rows.iter().zip(&scores) {
+                for (i, (r, s)) in rows.iter().zip(&scores).enumerate() {
                     let o = r.outcome.unwrap_or(crate::metrics::Outcome { strong: 0.0, weak: 0.0 });
-                    let line = serde_json::json!({"prompt": r.prompt, "score": s, "strong": o.strong, "weak": o.weak});
+                    let mut line =
+                        serde_json::json!({"prompt": r.prompt, "score": s, "strong": o.strong, "weak": o.weak});
+                    if let Some((c, _)) = &cascade_scores {
+                        // Failed rule check: 1 + risk; otherwise the verifier's risk.
+                        line["cascade_score"] = c[i].into();
+                    }
                     writeln!(w, "{line}")?;
                 }
                 w.flush()?;
@@ -606,6 +612,16 @@ pub fn table(r: &EvalReport) -> String {
             g.at_max_risk.strong_share * 100.0,
             g.at_max_risk.pgr
         );
+        for h in &g.with_routing {
+            s += &format!(
+                "    with the top {:.0}% by router score sent straight to strong: strong share {:.1}%, cheap calls {:.0}%, PGR {:.4} (cascade alone: {:.4})\n",
+                h.direct_share * 100.0,
+                h.strong_share * 100.0,
+                h.cheap_share * 100.0,
+                h.pgr,
+                h.cascade_alone_pgr
+            );
+        }
     }
     s
 }

@@ -241,8 +241,60 @@ pub struct GradedCascade {
     pub max_risk: f64,
     /// Escalating on a failed check or `risk >= max_risk`, as the gateway does.
     pub at_max_risk: OperatingPoint,
+    /// The gateway's combined policy: the top `direct_share` of prompts by router score go straight to
+    /// the strong model, the rest through the cascade at `max_risk`.
+    pub with_routing: Vec<HybridPoint>,
     #[serde(skip)]
     pub curve: Curve,
+}
+
+/// One operating point of routing and cascade combined.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct HybridPoint {
+    pub direct_share: f64,
+    /// Direct plus escalated.
+    pub strong_share: f64,
+    /// Prompts that get a cheap call (all but the direct ones).
+    pub cheap_share: f64,
+    pub pgr: f64,
+    /// The cascade alone with as many strong calls (its risk-ranked curve).
+    pub cascade_alone_pgr: f64,
+}
+
+/// [`HybridPoint`]s for the given direct shares; ties in `router_scores` are broken by row order.
+pub fn hybrid_points(
+    router_scores: &[f32],
+    cascade_scores: &[f32],
+    max_risk: f64,
+    direct_shares: &[f64],
+    out: &[crate::metrics::Outcome],
+) -> Result<Vec<HybridPoint>, MetricError> {
+    let cascade_curve = Curve::from_scores(cascade_scores, out)?;
+    let n = router_scores.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| router_scores[b].total_cmp(&router_scores[a]));
+    direct_shares
+        .iter()
+        .map(|&d| {
+            let k = ((d * n as f64).round() as usize).min(n);
+            let mut strong = vec![false; n];
+            for &i in &order[..k] {
+                strong[i] = true;
+            }
+            for (s, &c) in strong.iter_mut().zip(cascade_scores) {
+                *s |= c as f64 >= max_risk;
+            }
+            let p = operating_point(&strong, out)?;
+            let strong_calls = strong.iter().filter(|&&s| s).count();
+            Ok(HybridPoint {
+                direct_share: k as f64 / n.max(1) as f64,
+                strong_share: p.strong_share,
+                cheap_share: 1.0 - k as f64 / n.max(1) as f64,
+                pgr: p.pgr,
+                cascade_alone_pgr: cascade_curve.pgr_k(strong_calls),
+            })
+        })
+        .collect()
 }
 
 /// The cascade checks that apply to a file: math-style when every row is a GSM8K row.
@@ -292,14 +344,15 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
         None
     };
     let cascade_verifier = match cascade_scores {
-        Some((scores, verifier)) => {
-            let curve = Curve::from_scores(scores, &out)?;
-            let escalate: Vec<bool> = scores.iter().map(|&s| s as f64 >= DEFAULT_MAX_RISK).collect();
+        Some((ranked, verifier)) => {
+            let curve = Curve::from_scores(ranked, &out)?;
+            let escalate: Vec<bool> = ranked.iter().map(|&s| s as f64 >= DEFAULT_MAX_RISK).collect();
             Some(GradedCascade {
                 verifier,
                 summary: CurveSummary::of(&curve),
                 max_risk: DEFAULT_MAX_RISK,
                 at_max_risk: operating_point(&escalate, &out)?,
+                with_routing: hybrid_points(scores, ranked, DEFAULT_MAX_RISK, &[0.05, 0.1, 0.2, 0.3], &out)?,
                 curve,
             })
         }
@@ -351,6 +404,26 @@ pub fn train_on(rows: &[Row], cfg: &TrainConfig) -> Result<LearnedScorer, TrainE
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn hybrid_points_send_the_top_prompts_direct_and_cascade_the_rest() {
+        use crate::metrics::Outcome;
+        let o = |strong: f64, weak: f64| Outcome { strong, weak };
+        // Prompt 0 is hard (router score high), prompt 2's cheap answer is risky.
+        let out = [o(1.0, 0.0), o(1.0, 1.0), o(1.0, 0.0), o(0.0, 0.0)];
+        let router = [0.9, 0.5, 0.1, 0.2];
+        let cascade = [0.1, 0.2, 0.8, 0.3];
+        let p = hybrid_points(&router, &cascade, 0.5, &[0.0, 0.25, 0.5], &out).unwrap();
+        // Cascade alone escalates prompt 2; quality 2/4, q_weak 1/4, q_strong 3/4.
+        assert_eq!((p[0].strong_share, p[0].cheap_share, p[0].pgr), (0.25, 1.0, 0.5));
+        assert_eq!(p[0].cascade_alone_pgr, 0.5);
+        // The cascade's second escalation (prompt 3, wrong on both) adds nothing.
+        assert_eq!(p[1].cascade_alone_pgr, 0.5);
+        // Plus prompt 0 directly: quality 3/4.
+        assert_eq!((p[1].strong_share, p[1].cheap_share, p[1].pgr), (0.5, 0.75, 1.0));
+        // Plus prompt 1, already right on the cheap model.
+        assert_eq!((p[2].direct_share, p[2].strong_share, p[2].pgr), (0.5, 0.75, 1.0));
+    }
 
     #[test]
     fn permutation_is_a_seeded_shuffle() {
