@@ -67,6 +67,10 @@ COUNTERS = {
     "llm_routing_decisions_total",
     "llm_cost_saved_usd_total",
     "llm_cache_errors_total",
+    "llm_cascade_escalations_total",
+    "llm_feedback_total",
+    "llm_request_log_dropped_total",
+    "llm_limits_redis_errors_total",
 }
 GAUGES = {"llm_in_flight_requests", "llm_circuit_breaker_state"}
 HISTOGRAMS = {
@@ -82,6 +86,7 @@ OPTIONAL_FAMILIES = {
     "llm_fallbacks_total",
     "llm_circuit_breaker_transitions_total",
     "llm_cache_errors_total",
+    "llm_limits_redis_errors_total",
 }
 KNOWN_SERIES = (
     COUNTERS

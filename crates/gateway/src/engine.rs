@@ -561,8 +561,8 @@ fn cascade_escalation(
         hit_length_limit: choice.finish_reason.as_deref() == Some("length") && req.output_cap().is_none(),
     };
     let answer = choice.message.text();
-    let why = match optiroute_router::cascade::check(&answer, opts) {
-        Some(why) => serialized_name(why),
+    let (escalation, why) = match optiroute_router::cascade::check(&answer, opts) {
+        Some(e) => (e, e.as_str().to_owned()),
         None => {
             // Math-style answers that pass the checks: escalate when the verifier rates them likely wrong.
             let v = st.router.verifier.as_ref().filter(|_| opts.math)?;
@@ -570,7 +570,10 @@ fn cascade_escalation(
             if risk < st.router.cascade_max_risk {
                 return None;
             }
-            optiroute_router::cascade::likely_wrong_reason(risk)
+            (
+                optiroute_router::cascade::Escalation::LikelyWrong,
+                optiroute_router::cascade::likely_wrong_reason(risk),
+            )
         }
     };
     let candidates: Vec<usize> = plan
@@ -583,6 +586,7 @@ fn cascade_escalation(
         return None;
     }
     st.metrics.record_routing(strongest, "cascade_escalated");
+    st.metrics.record_cascade_escalation(escalation);
     Some((
         why,
         Plan {
@@ -592,14 +596,6 @@ fn cascade_escalation(
             ..plan.clone()
         },
     ))
-}
-
-/// The snake_case name an escalation reason has on the wire.
-fn serialized_name(why: optiroute_router::cascade::Escalation) -> String {
-    serde_json::to_value(why)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn route_reason(plan: &Plan, position: usize, d: &crate::state::Deployment) -> String {

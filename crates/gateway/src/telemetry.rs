@@ -110,6 +110,9 @@ pub struct Metrics {
     pub request_log_dropped: Counter,
     /// Ratings accepted by `POST /v1/feedback`.
     pub feedback: Counter,
+    /// Cascade escalations by reason (a failed check, or `likely_wrong` from the verifier); every
+    /// reason's series exists from the start.
+    pub cascade_escalations: Family<Reason, Counter>,
     /// Series recorded on most requests, resolved once so that recording them hashes no labels and
     /// takes no family lock.
     pub hot: HotSeries,
@@ -269,6 +272,13 @@ impl Metrics {
             limits_redis_errors: Family::default(),
             request_log_dropped: Counter::default(),
             feedback: Counter::default(),
+            cascade_escalations: {
+                let f: Family<Reason, Counter> = Family::default();
+                for e in optiroute_router::cascade::Escalation::ALL {
+                    let _ = f.get_or_create(&Reason { reason: e.as_str() });
+                }
+                f
+            },
             registry: Registry::default(),
             hot,
         };
@@ -356,6 +366,11 @@ impl Metrics {
             "Ratings of answers accepted by POST /v1/feedback",
             m.feedback.clone(),
         );
+        r.register(
+            "llm_cascade_escalations",
+            "Cheap answers escalated to the strongest tier in cascade mode, by reason",
+            m.cascade_escalations.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -375,6 +390,13 @@ impl Metrics {
                 self.hot.routing.push((labels.tier, reason, counter));
             }
         }
+    }
+
+    /// Counts one cascade escalation (rare: one family lookup is fine).
+    pub fn record_cascade_escalation(&self, why: optiroute_router::cascade::Escalation) {
+        self.cascade_escalations
+            .get_or_create(&Reason { reason: why.as_str() })
+            .inc();
     }
 
     /// Counts one routing decision.

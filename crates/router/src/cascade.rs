@@ -20,6 +20,31 @@ pub enum Escalation {
     LikelyWrong,
 }
 
+impl Escalation {
+    pub const ALL: [Escalation; 7] = [
+        Escalation::Empty,
+        Escalation::Truncated,
+        Escalation::Refusal,
+        Escalation::InvalidJson,
+        Escalation::NoFinalAnswer,
+        Escalation::BadArithmetic,
+        Escalation::LikelyWrong,
+    ];
+
+    /// The snake_case name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Escalation::Empty => "empty",
+            Escalation::Truncated => "truncated",
+            Escalation::Refusal => "refusal",
+            Escalation::InvalidJson => "invalid_json",
+            Escalation::NoFinalAnswer => "no_final_answer",
+            Escalation::BadArithmetic => "bad_arithmetic",
+            Escalation::LikelyWrong => "likely_wrong",
+        }
+    }
+}
+
 /// Which checks apply to a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckOptions {
@@ -83,6 +108,7 @@ const LIKELY_WRONG: &str = "likely_wrong, risk ";
 
 /// How a verifier escalation reads in a route reason: `likely_wrong, risk 0.77`.
 pub fn likely_wrong_reason(risk: f32) -> String {
+    debug_assert!(LIKELY_WRONG.starts_with(Escalation::LikelyWrong.as_str()));
     format!("{LIKELY_WRONG}{risk:.2}")
 }
 
@@ -291,11 +317,7 @@ pub fn evaluate(
     } = operating_point(&strong, outcomes)?;
     let mut reasons = BTreeMap::new();
     for v in verdicts.iter().flatten() {
-        let key = serde_json::to_value(v)
-            .ok()
-            .and_then(|x| x.as_str().map(str::to_string))
-            .unwrap_or_default();
-        *reasons.entry(key).or_insert(0) += 1;
+        *reasons.entry(v.as_str().to_string()).or_insert(0) += 1;
     }
     let escalated_but_weak_right = strong
         .iter()
@@ -356,6 +378,13 @@ mod tests {
             ..json
         };
         assert_eq!(check("{}", cut), Some(Escalation::Truncated));
+    }
+
+    #[test]
+    fn escalation_names_are_their_serialized_names() {
+        for e in Escalation::ALL {
+            assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
+        }
     }
 
     #[test]

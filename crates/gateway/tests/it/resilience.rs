@@ -562,6 +562,11 @@ async fn cascade_escalates_a_failed_cheap_answer() {
         reason.starts_with("cascade") && reason.contains("no_final_answer"),
         "{reason}"
     );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("llm_cascade_escalations_total{reason=\"no_final_answer\"} 1\n"),
+        "{m}"
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "3 + 4 = 7. The answer is 7.");
     // Cost covers both calls; no saving is claimed.
@@ -627,6 +632,15 @@ async fn cascade_escalates_an_answer_the_verifier_rates_likely_wrong() {
     assert!(reason.contains("likely_wrong, risk 0."), "{reason}");
     assert_eq!(answer, "5 - 2 = 3. The answer is 3.");
     assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 1));
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("llm_cascade_escalations_total{reason=\"likely_wrong\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("llm_cascade_escalations_total{reason=\"no_final_answer\"} 0\n"),
+        "{m}"
+    );
 }
 
 /// A `[routing] cascade_verifier` file replaces the built-in verifier.
