@@ -302,10 +302,14 @@ pub struct RoutingConfig {
     pub sticky: bool,
     /// Largest last user turn (approximate tokens) that counts as a short follow-up.
     pub sticky_max_tokens: u64,
-    /// Cascade mode (non-streaming `auto` requests): answer on the cheap tier first and escalate to the
+    /// Cascade mode (`auto` requests routed to a cheaper tier): answer there first and escalate to the
     /// strongest tier when a check on the answer fails (empty, truncated, refusal, invalid JSON, no final
     /// answer to a math question).
     pub cascade: bool,
+    /// Cascade mode covers streamed requests too: the cheap answer is generated in full and checked, and
+    /// the answer served (cheap or escalated) is then replayed as a stream. `false`: streams are served
+    /// live and never checked.
+    pub cascade_streams: bool,
     /// Cascade mode, math-style prompts: a cheap answer that passes the checks is still escalated when the
     /// verifier's probability that it is wrong reaches this (1 = rule checks only).
     pub cascade_max_risk: f64,
@@ -334,6 +338,7 @@ impl Default for RoutingConfig {
             sticky: true,
             sticky_max_tokens: 64,
             cascade: false,
+            cascade_streams: true,
             cascade_max_risk: 0.5,
             cascade_verifier: None,
             log_features: false,

@@ -373,6 +373,17 @@ pub async fn complete(
     let started = Instant::now();
     crate::auth::check_model(st, ctx, &req.model)?;
     let plan = st.router.plan(st, req, ctx.forced_tier.as_deref())?;
+    complete_planned(st, req, ctx, plan, started).await
+}
+
+/// [`complete`] once the request is authorised and routed.
+async fn complete_planned(
+    st: &SharedState,
+    req: &ChatRequest,
+    ctx: &RequestCtx,
+    plan: Plan,
+    started: Instant,
+) -> Result<(ChatCompletion, Meta), ApiError> {
     let cp = cache_plan(st, req, &plan, ctx);
     if let Some(hit) = lookup(st, &cp).await {
         let meta = hit_meta(st, &hit, &plan, started);
@@ -538,6 +549,11 @@ async fn call_json(st: &SharedState, plan: &Plan, req: &ChatRequest, deadline: I
     })
 }
 
+/// Cascade mode covers `auto` requests that the score routed to a cheaper tier.
+fn cascade_applies(st: &AppState, plan: &Plan, ctx: &RequestCtx) -> bool {
+    st.router.cascade && plan.target == Target::Auto && ctx.forced_tier.is_none() && plan.reason == "score_low"
+}
+
 /// Cascade mode: whether a cheap-tier answer must be escalated, and the plan for the strong tier.
 fn cascade_escalation(
     st: &AppState,
@@ -546,7 +562,7 @@ fn cascade_escalation(
     ctx: &RequestCtx,
     call: &JsonCall,
 ) -> Option<(String, Plan)> {
-    if !st.router.cascade || plan.target != Target::Auto || ctx.forced_tier.is_some() || plan.reason != "score_low" {
+    if !cascade_applies(st, plan, ctx) {
         return None;
     }
     let strongest = st.router.strongest_tier()?;
@@ -610,20 +626,32 @@ fn route_reason(plan: &Plan, position: usize, d: &crate::state::Deployment) -> S
 pub struct StreamReply {
     pub meta: Meta,
     pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::convert::Infallible>> + Send>>,
+    /// The whole answer, its cost and its log row are known before the first byte (a cache replay or a
+    /// buffered cascade): the caller logs now and sends the cost headers.
+    pub complete: bool,
 }
 
 pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Result<StreamReply, ApiError> {
     let started = Instant::now();
     crate::auth::check_model(st, ctx, &req.model)?;
     let plan = st.router.plan(st, &req, ctx.forced_tier.as_deref())?;
-    let cp = cache_plan(st, &req, &plan, ctx);
     let include_usage = req.include_usage();
+    if st.router.cascade_streams && cascade_applies(st, &plan, ctx) {
+        // The check needs the whole cheap answer before anything is sent: answer in full (escalating
+        // if the check fails), then replay the answer as a stream.
+        let (completion, meta) = complete_planned(st, &req, ctx, plan, started).await?;
+        st.ledger
+            .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
+        let usage = meta.usage.unwrap_or_default();
+        return Ok(replay(&completion, None, usage, meta, include_usage));
+    }
+    let cp = cache_plan(st, &req, &plan, ctx);
     if let Some(hit) = lookup(st, &cp).await {
         let meta = hit_meta(st, &hit, &plan, started);
         st.ledger
             .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
         crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
-        return Ok(replay(hit, meta, include_usage));
+        return Ok(replay_hit(hit, meta, include_usage));
     }
     let deadline = deadline(st);
     let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
@@ -634,7 +662,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
                     st.ledger
                         .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
                     crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
-                    return Ok(replay(v, meta, include_usage));
+                    return Ok(replay_hit(v, meta, include_usage));
                 }
                 None
             }
@@ -765,6 +793,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
     Ok(StreamReply {
         meta,
         body: Box::pin(body),
+        complete: false,
     })
 }
 
@@ -1004,9 +1033,14 @@ pub fn access_log(request_id: &str, model: &str, status: u16, started: Instant, 
     }
 }
 
-/// Replays a cached answer as a proper SSE stream: role chunk, content pieces, finish, usage, [DONE].
-fn replay(hit: Arc<CachedResponse>, meta: Meta, include_usage: bool) -> StreamReply {
-    let c = &hit.completion;
+/// Replays a cached response as a stream.
+fn replay_hit(hit: Arc<CachedResponse>, meta: Meta, include_usage: bool) -> StreamReply {
+    replay(&hit.completion, hit.pieces.as_deref(), hit.usage, meta, include_usage)
+}
+
+/// Replays a finished completion as a proper SSE stream: role chunk, content pieces (as originally
+/// streamed, or word-sized), finish, usage, [DONE].
+fn replay(c: &ChatCompletion, pieces: Option<&[String]>, usage: Usage, meta: Meta, include_usage: bool) -> StreamReply {
     let id = c.id.clone();
     let created = crate::providers::unix_now();
     let model = c.model.clone();
@@ -1020,8 +1054,8 @@ fn replay(hit: Arc<CachedResponse>, meta: Meta, include_usage: bool) -> StreamRe
     role.choices[0].delta.role = Some("assistant".into());
     push(&role);
     let text = c.choices.first().map(|ch| ch.message.text()).unwrap_or_default();
-    let pieces: Vec<String> = match &hit.pieces {
-        Some(p) => p.clone(),
+    let pieces: Vec<String> = match pieces {
+        Some(p) => p.to_vec(),
         None => split_words(&text),
     };
     for p in &pieces {
@@ -1033,7 +1067,7 @@ fn replay(hit: Arc<CachedResponse>, meta: Meta, include_usage: bool) -> StreamRe
     push(&fin);
     if include_usage {
         let mut u = ChatChunk::new(&id, created, &model);
-        u.usage = Some(hit.usage);
+        u.usage = Some(usage);
         u.extra
             .insert("optiroute".into(), serde_json::to_value(&meta).unwrap_or_default());
         push(&u);
@@ -1043,6 +1077,7 @@ fn replay(hit: Arc<CachedResponse>, meta: Meta, include_usage: bool) -> StreamRe
     StreamReply {
         meta,
         body: Box::pin(body),
+        complete: true,
     }
 }
 

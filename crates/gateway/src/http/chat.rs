@@ -243,8 +243,9 @@ pub async fn chat_completions(
         match engine::stream(&st, req, &ctx).await {
             Ok(reply) => {
                 // A live stream logs its line when it ends (with its tokens and cost), so nothing
-                // stands between the upstream's first token and the client's; a replay logs now.
-                if reply.meta.cache == engine::CacheStatus::Hit {
+                // stands between the upstream's first token and the client's; a replay (cache hit,
+                // buffered cascade) logs now.
+                if reply.complete {
                     engine::access_log(&id.0, &model, 200, started, Some(&reply.meta), true);
                 }
                 let mut resp = Response::new(Body::from_stream(reply.body));
@@ -252,7 +253,7 @@ pub async fn chat_completions(
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-                set_meta_headers(h, &reply.meta, reply.meta.cache == engine::CacheStatus::Hit);
+                set_meta_headers(h, &reply.meta, reply.complete);
                 resp
             }
             Err(e) => {

@@ -66,6 +66,8 @@ pub struct Router {
     strong_answers: Option<moka::sync::Cache<u64, ()>>,
     sticky_max_tokens: u64,
     pub cascade: bool,
+    /// `[routing] cascade_streams`: buffer, check and replay streamed requests in cascade mode.
+    pub cascade_streams: bool,
     /// Cascade mode: rates cheap answers to math-style prompts that pass the rule checks.
     pub verifier: Option<optiroute_router::verifier::Verifier>,
     /// Escalate when the verifier's risk reaches this (`[routing] cascade_max_risk`; 1 = never).
@@ -169,6 +171,7 @@ impl Router {
             }),
             sticky_max_tokens: r.sticky_max_tokens,
             cascade: r.cascade,
+            cascade_streams: r.cascade_streams,
             verifier,
             cascade_max_risk: r.cascade_max_risk as f32,
             feature_hash,

@@ -121,6 +121,15 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The content of an SSE chat stream: its chunks' `delta.content`, concatenated.
+pub fn sse_content(body: &str) -> String {
+    sse_data(body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Polls `cond` until it holds or `within` passes (readiness-style waiting, not a fixed sleep).
 pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;

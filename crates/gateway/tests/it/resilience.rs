@@ -182,13 +182,7 @@ async fn stream_failing_before_first_byte_falls_back_after_first_byte_does_not()
         .text()
         .await
         .unwrap();
-    let content: String = sse_data(&text)
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(content, "from b");
+    assert_eq!(sse_content(&text), "from b");
     assert!(text.ends_with("data: [DONE]\n\n"));
 
     // Broken after two content chunks: the client gets those, then an error; nothing is repeated.
@@ -210,12 +204,7 @@ async fn stream_failing_before_first_byte_falls_back_after_first_byte_does_not()
         .await
         .unwrap();
     let data = sse_data(&text);
-    let content: String = data
-        .iter()
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(content, "one two");
+    assert_eq!(sse_content(&text), "one two");
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert!(last["error"]["message"].is_string(), "{text}");
     assert!(!text.contains("[DONE]"));
@@ -658,6 +647,59 @@ async fn a_cascade_verifier_file_replaces_the_built_in_one() {
     assert_eq!(dep, "b");
     assert!(reason.contains("likely_wrong, risk 1.00"), "{reason}");
     assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 1));
+}
+
+/// Streams: the cheap answer is generated in full and checked, then the answer served is replayed as
+/// a stream, with its cost in the headers and the usage chunk.
+#[tokio::test]
+async fn cascade_checks_streamed_requests_and_replays_the_answer() {
+    let (m1, m2, gw) = cascade_gateway(|_| {}).await;
+    let mut body = cascade_scenario(&m1, &m2);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(r.headers()["x-optiroute-deployment"], "b");
+    let reason = r.headers()["x-optiroute-route-reason"].to_str().unwrap().to_owned();
+    assert!(reason.contains("no_final_answer"), "{reason}");
+    let cost: f64 = r.headers()["x-optiroute-cost-usd"].to_str().unwrap().parse().unwrap();
+    let text = r.text().await.unwrap();
+    assert_eq!(sse_content(&text), "3 + 4 = 7. The answer is 7.");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let usage: Value = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .unwrap();
+    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(usage["optiroute"]["cost_usd"].as_f64().unwrap(), cost);
+    assert!(cost > 0.0);
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 1));
+    // An answer that passes is replayed from the cheap tier.
+    let mut body = chat_body("auto", PEARS);
+    body["stream"] = json!(true);
+    m1.handle.push(Behavior {
+        text: Some("Ann has 5 - 2 = <<5-2=3>>3 pears left.\n#### 3".into()),
+        ..Default::default()
+    });
+    let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r.headers()["x-optiroute-deployment"], "a");
+    assert_eq!(
+        sse_content(&r.text().await.unwrap()),
+        "Ann has 5 - 2 = <<5-2=3>>3 pears left.\n#### 3"
+    );
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (2, 1));
+}
+
+#[tokio::test]
+async fn cascade_streams_false_serves_streams_live_and_unchecked() {
+    let (m1, m2, gw) = cascade_gateway(|c| c.routing.cascade_streams = false).await;
+    let mut body = cascade_scenario(&m1, &m2);
+    body["stream"] = json!(true);
+    let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r.headers()["x-optiroute-deployment"], "a");
+    assert_eq!(sse_content(&r.text().await.unwrap()), "Let me think about the apples.");
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 0));
 }
 
 #[tokio::test]
