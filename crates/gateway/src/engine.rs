@@ -570,6 +570,10 @@ fn cascade_escalation(
         return None;
     }
     let choice = call.completion.choices.first()?;
+    if choice.message.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
+        // A tool call is an answer the client acts on, not text to check.
+        return None;
+    }
     let opts = optiroute_router::cascade::CheckOptions {
         math: crate::routing::looks_math(&req.last_user_text()),
         json: req.wants_json(),
@@ -636,7 +640,9 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
     crate::auth::check_model(st, ctx, &req.model)?;
     let plan = st.router.plan(st, &req, ctx.forced_tier.as_deref())?;
     let include_usage = req.include_usage();
-    if st.router.cascade_streams && cascade_applies(st, &plan, ctx) {
+    // A replay carries one choice's text: requests for tool calls or several choices stream live.
+    let replayable = !req.has_tools() && req.n.is_none_or(|n| n == 1);
+    if st.router.cascade_streams && replayable && cascade_applies(st, &plan, ctx) {
         // The check needs the whole cheap answer before anything is sent: answer in full (escalating
         // if the check fails), then replay the answer as a stream.
         let (completion, meta) = complete_planned(st, &req, ctx, plan, started).await?;

@@ -43,6 +43,8 @@ pub struct Behavior {
     pub usage: bool,
     /// Never answer (until the client gives up).
     pub hang: bool,
+    /// OpenAI JSON answers: call this function (arguments `{}`) instead of answering with text.
+    pub tool_call: Option<String>,
 }
 
 impl Default for Behavior {
@@ -58,6 +60,7 @@ impl Default for Behavior {
             error_message: None,
             usage: true,
             hang: false,
+            tool_call: None,
         }
     }
 }
@@ -393,6 +396,11 @@ async fn openai(State(h): State<MockHandle>, headers: HeaderMap, body: Bytes) ->
             "id": id, "object": "chat.completion", "created": 1_700_000_000u64, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         });
+        if let Some(name) = &b.tool_call {
+            v["choices"][0]["message"] = json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_mock", "type": "function", "function": {"name": name, "arguments": "{}"}}]});
+            v["choices"][0]["finish_reason"] = json!("tool_calls");
+        }
         if b.usage {
             v["usage"] = usage;
         }

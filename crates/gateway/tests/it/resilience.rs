@@ -702,6 +702,50 @@ async fn cascade_streams_false_serves_streams_live_and_unchecked() {
     assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 0));
 }
 
+/// A tool call from the cheap tier is an answer, not an empty text: it is not escalated.
+#[tokio::test]
+async fn cascade_accepts_a_tool_call() {
+    let (m1, m2, gw) = cascade_gateway(|_| {}).await;
+    let mut body = chat_body("auto", PEARS);
+    m1.handle.push(Behavior {
+        tool_call: Some("add".into()),
+        ..Default::default()
+    });
+    body["tools"] = json!([{"type": "function", "function": {"name": "add", "parameters": {}}}]);
+    let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r.headers()["x-optiroute-deployment"], "a");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "add",
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (1, 0));
+}
+
+/// A replay carries one choice's text, so streams that ask for tools or several choices stay live.
+#[tokio::test]
+async fn cascade_streams_with_tools_or_several_choices_stay_live() {
+    let (m1, m2, gw) = cascade_gateway(|_| {}).await;
+    for extra in [
+        json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+        json!({"n": 2}),
+    ] {
+        let mut body = cascade_scenario(&m1, &m2);
+        body["stream"] = json!(true);
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+        assert_eq!(r.headers()["x-optiroute-deployment"], "a", "{extra}");
+        assert!(
+            sse_content(&r.text().await.unwrap()).starts_with("Let me think"),
+            "{extra}"
+        );
+    }
+    assert_eq!(m2.handle.hits(), 0);
+}
+
 #[tokio::test]
 async fn cascade_max_risk_1_keeps_rule_checks_only() {
     let (m1, m2, gw) = cascade_gateway(|c| c.routing.cascade_max_risk = 1.0).await;
