@@ -179,9 +179,10 @@ pub enum RouterCommand {
         #[command(flatten)]
         train_args: TrainArgs,
     },
-    /// Rate every cheap answer (`weak_response`) of a JSONL file with the cascade as shipped: one JSON
-    /// line per input line, `{"prompt", "risk", "check"}`; `check` is the failed rule check or null,
-    /// `risk` the verifier's probability that the answer is wrong.
+    /// Rate every cheap answer (`weak_response`) of a JSONL file with the cascade as shipped, as the
+    /// gateway does for math-style prompts: one JSON line per input line, `{"prompt", "risk", "check"}`;
+    /// `check` is the failed rule check or null, `risk` the verifier's probability that the answer is
+    /// wrong (null without an answer).
     Verify {
         #[arg(long)]
         data: PathBuf,
@@ -496,7 +497,8 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
         RouterCommand::Verify { data, verifier } => {
             let rows = load_rows(&data, false)?;
             let v = verifier_from(verifier.as_deref())?;
-            let opts = eval::cascade_options(&rows);
+            // The verifier rates answers to math-style prompts; check them as the gateway does those.
+            let opts = crate::cascade::CheckOptions::MATH;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for r in &rows {
                 let (risk, check) = match r.weak_response.as_deref() {

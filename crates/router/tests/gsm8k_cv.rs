@@ -55,3 +55,43 @@ fn gsm8k_cross_validation_beats_random_and_shipped_weights_score_every_line() {
     let s = score_rows(&shipped, &rows);
     assert!(s.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x)));
 }
+
+#[test]
+fn gsm8k_cascade_verifier_cross_validated_beats_the_rule_checks() {
+    use optiroute_router::eval::{Provenance, cascade_options, report};
+    use optiroute_router::verifier::cross_val_cascade_scores;
+    let Some(dir) = data_dir() else {
+        eprintln!("NOTICE: routellm data not found (set ROUTELLM_DATA); skipping the GSM8K cascade test");
+        return;
+    };
+    let rows = load_rows(&dir.join("gsm8k.dev.jsonl"), true).unwrap();
+    let opts = cascade_options(&rows);
+    assert!(opts.math);
+    let folds: Vec<usize> = (0..rows.len()).map(|i| i % 5).collect();
+    let cascade = cross_val_cascade_scores(&rows, &folds, 5, 1.0, opts).unwrap();
+    let lengths: Vec<f32> = rows.iter().map(|r| r.prompt.len() as f32).collect();
+    let rep = report(
+        Provenance {
+            router: "length-ranking",
+            mode: "rule",
+            cascade_scores: Some((&cascade, "cv".into())),
+            ..Default::default()
+        },
+        &rows,
+        &lengths,
+    )
+    .unwrap();
+    let rules = rep.cascade.unwrap();
+    let g = rep.cascade_verifier.unwrap();
+    eprintln!(
+        "cascade: rules {:.3} at {:.3}; verifier APGR {:.4}, at risk >= 0.5 {:.3} at {:.3}",
+        rules.pgr, rules.strong_share, g.summary.apgr, g.at_max_risk.pgr, g.at_max_risk.strong_share
+    );
+    // The verifier escalates more than the checks alone and recovers clearly more of the gap.
+    assert!(g.summary.apgr > 0.7, "{}", g.summary.apgr);
+    assert!(g.at_max_risk.strong_share > rules.strong_share && g.at_max_risk.strong_share < 0.4);
+    assert!(g.at_max_risk.pgr > rules.pgr + 0.1);
+    // PGR 0.5 needs fewer strong calls than prompt length as a ranking (37.8%).
+    assert!(g.summary.cpt50.unwrap() < rep.summary.cpt50.unwrap());
+    assert_eq!(g.with_routing.len(), 4);
+}
