@@ -298,6 +298,13 @@ pub struct RoutingConfig {
     pub strong_share: Option<f64>,
     /// Recent requests the calibration looks at.
     pub calibration_window: usize,
+    /// Cost weight instead of a share (`strategy = "learned"`): what one point of answer quality (one
+    /// answer turned from wrong to right) is worth to you, in USD. A request goes to the strongest tier
+    /// when the learned scorer's expected quality gain, valued at this, exceeds the strong call's extra
+    /// cost for this request (from the deployments' prices, its prompt tokens and its expected output).
+    pub usd_per_quality_point: Option<f64>,
+    /// Output tokens assumed for that extra cost when the request sets no `max_tokens`.
+    pub cost_completion_tokens: u32,
     /// A short follow-up to an answer from the strongest tier stays on that tier.
     pub sticky: bool,
     /// Largest last user turn (approximate tokens) that counts as a short follow-up.
@@ -335,6 +342,8 @@ impl Default for RoutingConfig {
             bias: BTreeMap::new(),
             strong_share: None,
             calibration_window: 2000,
+            usd_per_quality_point: None,
+            cost_completion_tokens: 256,
             sticky: true,
             sticky_max_tokens: 64,
             cascade: false,
@@ -794,6 +803,26 @@ impl Config {
             && !(0.0..=1.0).contains(&share)
         {
             return Err(bad("routing.strong_share".into(), "must be between 0 and 1".into()));
+        }
+        if let Some(v) = r.usd_per_quality_point {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(
+                    "routing.usd_per_quality_point".into(),
+                    "must be a positive number of USD".into(),
+                ));
+            }
+            if r.strong_share.is_some() {
+                return Err(bad(
+                    "routing.usd_per_quality_point".into(),
+                    "set either strong_share or usd_per_quality_point, not both".into(),
+                ));
+            }
+            if r.strategy != "learned" {
+                return Err(bad(
+                    "routing.usd_per_quality_point".into(),
+                    "needs strategy = \"learned\", whose score estimates the quality gain".into(),
+                ));
+            }
         }
         if r.calibration_window == 0 {
             return Err(bad("routing.calibration_window".into(), "must be at least 1".into()));

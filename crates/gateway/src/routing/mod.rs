@@ -62,6 +62,9 @@ pub struct Router {
     min_window: u64,
     /// Keeps the strong-call share at `routing.strong_share` on live traffic.
     calibrator: Option<Mutex<ThresholdCalibrator>>,
+    /// `routing.usd_per_quality_point` and `routing.cost_completion_tokens`: a per-request threshold
+    /// from the strong call's extra cost.
+    cost_weight: Option<(f64, u32)>,
     /// Fingerprints of recent answers from the strongest tier, for conversation stickiness.
     strong_answers: Option<moka::sync::Cache<u64, ()>>,
     sticky_max_tokens: u64,
@@ -163,6 +166,7 @@ impl Router {
                     r.threshold as f32,
                 ))
             }),
+            cost_weight: r.usd_per_quality_point.map(|v| (v, r.cost_completion_tokens)),
             strong_answers: r.sticky.then(|| {
                 moka::sync::Cache::builder()
                     .max_capacity(100_000)
@@ -365,15 +369,26 @@ impl Router {
             let raw = self.score(req, prompt_tokens);
             let bias = self.bias.get("auto").copied().unwrap_or(0.0) as f32;
             let score = (raw + bias).clamp(0.0, 1.0);
-            let threshold = match &self.calibrator {
-                Some(c) => match c.lock() {
+            let mut cost_note = None;
+            let threshold = match (&self.calibrator, self.cost_weight) {
+                (Some(c), _) => match c.lock() {
                     Ok(mut c) => {
                         c.observe(score);
                         c.threshold()
                     }
                     Err(_) => self.threshold,
                 },
-                None => self.threshold,
+                (None, Some((usd_per_point, default_output))) => {
+                    let output = req.output_cap().unwrap_or(default_output);
+                    let cheap = eligible[0].1[0];
+                    let strong = eligible[eligible.len() - 1].1[0];
+                    let extra = extra_cost(st, cheap, strong, prompt_tokens, u64::from(output));
+                    cost_note = Some(format!(
+                        " (strong call +${extra:.6} for ~{prompt_tokens}+{output} tokens, ${usd_per_point} per quality point)"
+                    ));
+                    optiroute_router::calibrate::threshold_for_cost(extra, usd_per_point)
+                }
+                (None, None) => self.threshold,
             };
             let sticky = score < threshold && self.is_sticky_follow_up(req);
             let strong = score >= threshold || sticky;
@@ -396,10 +411,19 @@ impl Router {
             } else if strong {
                 (
                     "score_high",
-                    format!("complexity {score:.3} >= threshold {threshold:.3}"),
+                    format!(
+                        "complexity {score:.3} >= threshold {threshold:.3}{}",
+                        cost_note.as_deref().unwrap_or("")
+                    ),
                 )
             } else {
-                ("score_low", format!("complexity {score:.3} < threshold {threshold:.3}"))
+                (
+                    "score_low",
+                    format!(
+                        "complexity {score:.3} < threshold {threshold:.3}{}",
+                        cost_note.as_deref().unwrap_or("")
+                    ),
+                )
             };
             (pos, reason, why, Some(score))
         };
@@ -427,6 +451,18 @@ impl Router {
             features: None, // set by `plan`
         })
     }
+}
+
+/// What a request of this size costs more on `strong` than on `cheap`, in USD (never negative).
+fn extra_cost(st: &AppState, cheap: usize, strong: usize, prompt_tokens: u64, output_tokens: u64) -> f64 {
+    let usage = optiroute_protocol::openai::Usage {
+        prompt_tokens,
+        completion_tokens: output_tokens,
+        total_tokens: prompt_tokens + output_tokens,
+        prompt_tokens_details: None,
+    };
+    let cost = |i: usize| st.deployments[i].price.cost(&usage, 0).as_usd();
+    (cost(strong) - cost(cheap)).max(0.0)
 }
 
 fn unsupported(model: &str, why: &str) -> ApiError {

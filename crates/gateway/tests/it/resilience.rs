@@ -384,6 +384,80 @@ async fn route(gw: &TestGateway, body: Value, headers: &[(&str, &str)]) -> (u16,
     (status, tier, reason)
 }
 
+/// The threshold a route reason states ("... threshold 0.523 ...").
+fn stated_threshold(reason: &str) -> f32 {
+    let rest = &reason[reason.find("threshold ").unwrap() + "threshold ".len()..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// `usd_per_quality_point`: the threshold follows the strong call's extra cost for each request (prompt
+/// and expected output at the deployments' prices), and the decision follows the threshold.
+#[tokio::test]
+async fn a_cost_weight_sets_each_requests_threshold_from_its_extra_cost() {
+    let start = |usd_per_point: f64| async move {
+        let mut cfg = Config::test_default();
+        cfg.routing.strategy = "learned".into();
+        cfg.routing.sticky = false;
+        cfg.routing.usd_per_quality_point = Some(usd_per_point);
+        cfg.deployments[0].input_usd_per_mtok = Some(0.0);
+        cfg.deployments[0].output_usd_per_mtok = Some(0.0);
+        cfg.deployments[1].input_usd_per_mtok = Some(10.0);
+        cfg.deployments[1].output_usd_per_mtok = Some(30.0);
+        cfg.validate("test").unwrap();
+        TestGateway::start(cfg).await
+    };
+    let ask = |max_tokens: u32| {
+        let mut b = chat_body("auto", "Prove that the square root of 2 is irrational, step by step.");
+        b["max_tokens"] = json!(max_tokens);
+        b
+    };
+    // Quality worth a fortune: any expected gain pays, threshold = 0.5 (gain 0).
+    let gw = start(1e9).await;
+    let (_, _, reason) = route(&gw, ask(100), &[]).await;
+    assert_eq!(stated_threshold(&reason), 0.5, "{reason}");
+    assert!(reason.contains("per quality point"), "{reason}");
+    // Worth a millionth of a cent: nothing pays, threshold 1, everything stays local.
+    let gw = start(1e-9).await;
+    let (_, tier, reason) = route(&gw, ask(100), &[]).await;
+    assert_eq!((tier.as_str(), stated_threshold(&reason)), ("local", 1.0), "{reason}");
+    // In between: a longer expected answer costs more on the cloud, so it needs a higher score.
+    let gw = start(0.05).await;
+    let (_, short_tier, short) = route(&gw, ask(10), &[]).await;
+    let (_, long_tier, long) = route(&gw, ask(1000), &[]).await;
+    // 1,000 output tokens at $30/M = $0.03 extra: gain 0.6 needed, threshold 0.8 (plus the prompt).
+    assert!(stated_threshold(&short) < 0.52, "{short}");
+    assert!((0.8..0.82).contains(&stated_threshold(&long)), "{long}");
+    for (tier, reason) in [(short_tier, short), (long_tier, long)] {
+        let score: f32 = reason[reason.find("complexity ").unwrap() + 11..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let expected = if score >= stated_threshold(&reason) {
+            "cloud"
+        } else {
+            "local"
+        };
+        assert_eq!(tier, expected, "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn a_cost_weight_needs_the_learned_scorer_and_no_share() {
+    let mut cfg = Config::test_default();
+    cfg.routing.usd_per_quality_point = Some(0.1);
+    let err = cfg.validate("test").unwrap_err().to_string();
+    assert!(err.contains("learned"), "{err}");
+    cfg.routing.strategy = "learned".into();
+    cfg.routing.strong_share = Some(0.3);
+    let err = cfg.validate("test").unwrap_err().to_string();
+    assert!(err.contains("not both"), "{err}");
+    cfg.routing.strong_share = None;
+    cfg.routing.usd_per_quality_point = Some(-1.0);
+    assert!(cfg.validate("test").is_err());
+}
+
 #[tokio::test]
 async fn auto_routes_easy_to_local_hard_and_constrained_to_cloud() {
     let gw = TestGateway::start(Config::test_default()).await;
