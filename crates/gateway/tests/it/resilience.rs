@@ -647,8 +647,9 @@ async fn cascade_escalates_a_failed_cheap_answer() {
 }
 
 const PEARS: &str = "Ann has 5 pears and eats 2. How many pears are left for her?";
-/// Passes every rule check (a final number, no broken arithmetic) but ignores the question's numbers.
-const WRONG_WORKING: &str = "He has 3 + 4 = 7 apples, so the answer is 7.";
+/// Passes every rule check (a final number, no broken arithmetic) but divides where it should
+/// subtract: half a pear.
+const WRONG_WORKING: &str = "Ann has 5 / 2 = 2.5 pears left. The answer is 2.5.";
 
 /// Gateway and two upstreams in cascade mode (no stickiness), with `edit` applied to the config.
 async fn cascade_gateway(edit: impl FnOnce(&mut Config)) -> (MockServer, MockServer, TestGateway) {
