@@ -173,7 +173,10 @@ impl Verifier {
                 "verifier features do not match this build".into(),
             ));
         }
-        if v.std.iter().chain(&v.mean).chain(&v.weights).any(|x| !x.is_finite()) || v.std.iter().any(|&s| s <= 0.0) {
+        if v.std.iter().chain(&v.mean).chain(&v.weights).any(|x| !x.is_finite())
+            || !v.bias.is_finite()
+            || v.std.iter().any(|&s| s <= 0.0)
+        {
             return Err(WeightsError::Invalid("verifier weights are not finite".into()));
         }
         Ok(v)
@@ -431,6 +434,9 @@ mod tests {
         assert!(Verifier::from_json(&j.to_string()).is_err());
         let mut j: serde_json::Value = serde_json::from_str(&v.to_json().unwrap()).unwrap();
         j["format"] = "optiroute-weights".into();
+        assert!(Verifier::from_json(&j.to_string()).is_err());
+        let mut j: serde_json::Value = serde_json::from_str(&v.to_json().unwrap()).unwrap();
+        j["bias"] = 1e39.into(); // beyond f32: infinite
         assert!(Verifier::from_json(&j.to_string()).is_err());
         assert!(Verifier::from_json("{").is_err());
     }
