@@ -833,21 +833,23 @@ impl Config {
         if !(0.0..=1.0).contains(&r.cascade_max_risk) {
             return Err(bad("routing.cascade_max_risk".into(), "must be between 0 and 1".into()));
         }
-        if let Some(path) = &r.cascade_verifier
-            && !std::path::Path::new(path).is_file()
-        {
-            return Err(bad(
-                "routing.cascade_verifier".into(),
-                format!("`{path}` is not a readable file (a verifier file from `optiroute router train-verifier`)"),
-            ));
-        }
-        if let Some(path) = &r.weights
-            && !std::path::Path::new(path).is_file()
-        {
-            return Err(bad(
-                "routing.weights".into(),
-                format!("`{path}` is not a readable file (a weights file from `optiroute router train`)"),
-            ));
+        for (key, path, what) in [
+            (
+                "routing.weights",
+                &r.weights,
+                "a weights file from `optiroute router train`",
+            ),
+            (
+                "routing.cascade_verifier",
+                &r.cascade_verifier,
+                "a verifier file from `optiroute router train-verifier`",
+            ),
+        ] {
+            if let Some(path) = path
+                && !std::path::Path::new(path).is_file()
+            {
+                return Err(bad(key.into(), format!("`{path}` is not a readable file ({what})")));
+            }
         }
         if let Some(reference) = &r.reference
             && !dep_names.contains(reference.as_str())

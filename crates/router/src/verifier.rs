@@ -225,14 +225,18 @@ pub struct VerifierExample {
     pub wrong: f32,
 }
 
+/// How wrong a row's cheap answer was (1 = wrong, 0 = right), from its outcomes.
+fn wrong_of(r: &Row) -> Option<f32> {
+    r.outcome.map(|o| (1.0 - o.weak).clamp(0.0, 1.0) as f32)
+}
+
 /// Training examples from rows that carry the cheap model's answer and outcomes.
 pub fn examples(rows: &[Row], opts: CheckOptions) -> Vec<VerifierExample> {
     rows.iter()
         .filter_map(|r| {
-            let (answer, o) = (r.weak_response.as_deref()?, r.outcome?);
             Some(VerifierExample {
-                features: answer_features(r.conv.last_user(), answer, opts),
-                wrong: (1.0 - o.weak).clamp(0.0, 1.0) as f32,
+                features: answer_features(r.conv.last_user(), r.weak_response.as_deref()?, opts),
+                wrong: wrong_of(r)?,
             })
         })
         .collect()
@@ -301,25 +305,38 @@ pub fn train(examples: &[VerifierExample], l2: f64) -> Result<Verifier, TrainErr
     })
 }
 
-/// The cascade's ranking score for each row: rows whose answer fails a rule check come first
-/// (`1 + risk`), the rest by risk; rows without an answer count as failed.
-pub fn cascade_scores(v: &Verifier, rows: &[Row], opts: CheckOptions) -> Vec<f32> {
-    rows.iter()
-        .map(|r| match r.weak_response.as_deref() {
-            None => 2.0,
-            Some(a) => {
-                let risk = v.risk(r.conv.last_user(), a, opts);
-                if cascade::check(a, opts).is_some() {
-                    1.0 + risk
-                } else {
-                    risk
-                }
-            }
-        })
-        .collect()
+/// A row's cheap answer as the cascade sees it.
+struct Rated {
+    features: [f32; N],
+    failed_check: bool,
 }
 
-/// Out-of-fold cascade scores: each fold is scored by a verifier trained on the other folds.
+/// `None` for a row without a cheap answer.
+fn rate(r: &Row, opts: CheckOptions) -> Option<Rated> {
+    let a = r.weak_response.as_deref()?;
+    Some(Rated {
+        features: answer_features(r.conv.last_user(), a, opts),
+        failed_check: cascade::check(a, opts).is_some(),
+    })
+}
+
+/// The cascade's ranking score: answers that fail a rule check come first (`1 + risk`), the rest by
+/// risk; a row without an answer counts as failed (2).
+fn rank(v: &Verifier, rated: Option<&Rated>) -> f32 {
+    match rated {
+        None => 2.0,
+        Some(a) if a.failed_check => 1.0 + v.risk_of(&a.features),
+        Some(a) => v.risk_of(&a.features),
+    }
+}
+
+/// The cascade's ranking score for each row (see [`rank`]).
+pub fn cascade_scores(v: &Verifier, rows: &[Row], opts: CheckOptions) -> Vec<f32> {
+    rows.iter().map(|r| rank(v, rate(r, opts).as_ref())).collect()
+}
+
+/// Out-of-fold cascade scores: each fold is scored by a verifier trained on the other folds. Each
+/// answer is rated once.
 pub fn cross_val_cascade_scores(
     rows: &[Row],
     fold_of: &[usize],
@@ -327,19 +344,21 @@ pub fn cross_val_cascade_scores(
     l2: f64,
     opts: CheckOptions,
 ) -> Result<Vec<f32>, TrainError> {
+    let rated: Vec<Option<Rated>> = rows.iter().map(|r| rate(r, opts)).collect();
     let mut out = vec![0f32; rows.len()];
     for f in 0..k {
-        let train_rows: Vec<Row> = rows
-            .iter()
-            .zip(fold_of)
-            .filter(|(_, g)| **g != f)
-            .map(|(r, _)| r.clone())
+        let train_set: Vec<VerifierExample> = (0..rows.len())
+            .filter(|&i| fold_of[i] != f)
+            .filter_map(|i| {
+                Some(VerifierExample {
+                    features: rated[i].as_ref()?.features,
+                    wrong: wrong_of(&rows[i])?,
+                })
+            })
             .collect();
-        let v = train(&examples(&train_rows, opts), l2)?;
-        let test: Vec<usize> = (0..rows.len()).filter(|&i| fold_of[i] == f).collect();
-        let test_rows: Vec<Row> = test.iter().map(|&i| rows[i].clone()).collect();
-        for (i, s) in test.into_iter().zip(cascade_scores(&v, &test_rows, opts)) {
-            out[i] = s;
+        let v = train(&train_set, l2)?;
+        for i in (0..rows.len()).filter(|&i| fold_of[i] == f) {
+            out[i] = rank(&v, rated[i].as_ref());
         }
     }
     Ok(out)

@@ -2,28 +2,30 @@
 //! fast in debug builds. Skipped, with a notice, when the data directory is absent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use optiroute_router::data::{load_rows, outcomes};
+use optiroute_router::data::{Row, load_rows, outcomes};
 use optiroute_router::eval::{cross_val_scores, score_rows};
 use optiroute_router::features::HashConfig;
 use optiroute_router::metrics::Curve;
 use optiroute_router::{LearnedScorer, TrainConfig};
 use std::path::PathBuf;
 
-fn data_dir() -> Option<PathBuf> {
+/// The shared GSM8K rows, or None (with a notice) when the data directory is absent.
+fn gsm8k_rows() -> Option<Vec<Row>> {
     let dir = match std::env::var_os("ROUTELLM_DATA") {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/routellm"),
     };
-    dir.join("gsm8k.dev.jsonl").is_file().then_some(dir)
+    let file = dir.join("gsm8k.dev.jsonl");
+    if !file.is_file() {
+        eprintln!("NOTICE: routellm data not found (set ROUTELLM_DATA); skipping a GSM8K test");
+        return None;
+    }
+    Some(load_rows(&file, true).unwrap())
 }
 
 #[test]
 fn gsm8k_cross_validation_beats_random_and_shipped_weights_score_every_line() {
-    let Some(dir) = data_dir() else {
-        eprintln!("NOTICE: routellm data not found (set ROUTELLM_DATA); skipping the GSM8K CV test");
-        return;
-    };
-    let rows = load_rows(&dir.join("gsm8k.dev.jsonl"), true).unwrap();
+    let Some(rows) = gsm8k_rows() else { return };
     assert_eq!(rows.len(), 924);
     let out = outcomes(&rows);
 
@@ -60,11 +62,7 @@ fn gsm8k_cross_validation_beats_random_and_shipped_weights_score_every_line() {
 fn gsm8k_cascade_verifier_cross_validated_beats_the_rule_checks() {
     use optiroute_router::eval::{Provenance, cascade_options, report};
     use optiroute_router::verifier::cross_val_cascade_scores;
-    let Some(dir) = data_dir() else {
-        eprintln!("NOTICE: routellm data not found (set ROUTELLM_DATA); skipping the GSM8K cascade test");
-        return;
-    };
-    let rows = load_rows(&dir.join("gsm8k.dev.jsonl"), true).unwrap();
+    let Some(rows) = gsm8k_rows() else { return };
     let opts = cascade_options(&rows);
     assert!(opts.math);
     let folds: Vec<usize> = (0..rows.len()).map(|i| i % 5).collect();

@@ -60,11 +60,8 @@ pub struct Router {
     strategy_name: &'static str,
     /// Smallest context window of any deployment: prompts far below it skip exact token counting.
     min_window: u64,
-    /// Keeps the strong-call share at `routing.strong_share` on live traffic.
-    calibrator: Option<Mutex<ThresholdCalibrator>>,
-    /// `routing.usd_per_quality_point` and `routing.cost_completion_tokens`: a per-request threshold
-    /// from the strong call's extra cost.
-    cost_weight: Option<(f64, u32)>,
+    /// Where the threshold comes from (`threshold` is also the fallback of a calibrator).
+    policy: ThresholdPolicy,
     /// Fingerprints of recent answers from the strongest tier, for conversation stickiness.
     strong_answers: Option<moka::sync::Cache<u64, ()>>,
     sticky_max_tokens: u64,
@@ -77,6 +74,28 @@ pub struct Router {
     pub cascade_max_risk: f32,
     /// `[routing] log_features`: the shipped learned weights' n-gram settings, in which features are logged.
     feature_hash: Option<std::sync::Arc<optiroute_router::features::HashConfig>>,
+}
+
+/// How the `auto` threshold is set.
+enum ThresholdPolicy {
+    /// `routing.threshold`.
+    Fixed,
+    /// `routing.strong_share`: calibrated on the scores of recent traffic.
+    Share(Mutex<ThresholdCalibrator>),
+    /// `routing.usd_per_quality_point`: from each request's extra cost on the strongest tier, with
+    /// `routing.cost_completion_tokens` output tokens when the request sets no cap.
+    Cost { usd_per_point: f64, default_output: u32 },
+}
+
+/// Reads a model file named by a config key; errors name the key and the path.
+fn read_model_file<T, E: std::fmt::Display>(
+    key: &str,
+    path: &str,
+    what: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{key}: cannot read `{path}`: {e}"))?;
+    parse(&text).map_err(|e| anyhow::anyhow!("{key}: `{path}` is not {what}: {e}"))
 }
 
 /// A stable fingerprint of an answer's text (whitespace-trimmed).
@@ -92,14 +111,12 @@ impl Router {
         // Retrained weights (`router train`) replace the shipped ones: for the scorer, and for the
         // n-gram settings the request log uses when it logs features.
         let custom = match &r.weights {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("routing.weights: cannot read `{path}`: {e}"))?;
-                Some(
-                    LearnedScorer::from_json(&text)
-                        .map_err(|e| anyhow::anyhow!("routing.weights: `{path}` is not a weights file: {e}"))?,
-                )
-            }
+            Some(path) => Some(read_model_file(
+                "routing.weights",
+                path,
+                "a weights file",
+                LearnedScorer::from_json,
+            )?),
             None => None,
         };
         let feature_hash = match (r.log_features, &custom) {
@@ -128,13 +145,12 @@ impl Router {
         };
         let verifier = if r.cascade && r.cascade_max_risk < 1.0 {
             let v = match &r.cascade_verifier {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| anyhow::anyhow!("routing.cascade_verifier: cannot read `{path}`: {e}"))?;
-                    optiroute_router::verifier::Verifier::from_json(&text).map_err(|e| {
-                        anyhow::anyhow!("routing.cascade_verifier: `{path}` is not a verifier file: {e}")
-                    })?
-                }
+                Some(path) => read_model_file(
+                    "routing.cascade_verifier",
+                    path,
+                    "a verifier file",
+                    optiroute_router::verifier::Verifier::from_json,
+                )?,
                 None => optiroute_router::verifier::Verifier::embedded()
                     .map_err(|e| anyhow::anyhow!("cascade verifier: {e}"))?,
             };
@@ -158,15 +174,20 @@ impl Router {
             reference,
             strategy_name,
             min_window: deps.iter().filter_map(|d| d.context_window).min().unwrap_or(u64::MAX),
-            calibrator: r.strong_share.map(|share| {
-                Mutex::new(ThresholdCalibrator::new(
+            // Config validation allows at most one of the two.
+            policy: match (r.strong_share, r.usd_per_quality_point) {
+                (Some(share), _) => ThresholdPolicy::Share(Mutex::new(ThresholdCalibrator::new(
                     share,
                     r.calibration_window,
                     (r.calibration_window / 20).clamp(1, 200),
                     r.threshold as f32,
-                ))
-            }),
-            cost_weight: r.usd_per_quality_point.map(|v| (v, r.cost_completion_tokens)),
+                ))),
+                (None, Some(usd_per_point)) => ThresholdPolicy::Cost {
+                    usd_per_point,
+                    default_output: r.cost_completion_tokens,
+                },
+                (None, None) => ThresholdPolicy::Fixed,
+            },
             strong_answers: r.sticky.then(|| {
                 moka::sync::Cache::builder()
                     .max_capacity(100_000)
@@ -212,14 +233,6 @@ impl Router {
         prev.role == "assistant"
             && (req.messages[n - 1].text_len() as u64).div_ceil(4) <= self.sticky_max_tokens
             && cache.contains_key(&fingerprint(&prev.text()))
-    }
-
-    /// The current threshold (calibrated when `strong_share` is set).
-    pub fn threshold(&self) -> f32 {
-        match &self.calibrator {
-            Some(c) => c.lock().map(|c| c.threshold()).unwrap_or(self.threshold),
-            None => self.threshold,
-        }
     }
 
     /// Prompt tokens for routing: approximate, or exact when a context window could be at stake.
@@ -369,26 +382,30 @@ impl Router {
             let raw = self.score(req, prompt_tokens);
             let bias = self.bias.get("auto").copied().unwrap_or(0.0) as f32;
             let score = (raw + bias).clamp(0.0, 1.0);
-            let mut cost_note = None;
-            let threshold = match (&self.calibrator, self.cost_weight) {
-                (Some(c), _) => match c.lock() {
-                    Ok(mut c) => {
+            let (threshold, cost_note) = match &self.policy {
+                ThresholdPolicy::Fixed => (self.threshold, String::new()),
+                ThresholdPolicy::Share(c) => {
+                    let t = c.lock().map_or(self.threshold, |mut c| {
                         c.observe(score);
                         c.threshold()
-                    }
-                    Err(_) => self.threshold,
-                },
-                (None, Some((usd_per_point, default_output))) => {
+                    });
+                    (t, String::new())
+                }
+                &ThresholdPolicy::Cost {
+                    usd_per_point,
+                    default_output,
+                } => {
                     let output = req.output_cap().unwrap_or(default_output);
                     let cheap = eligible[0].1[0];
                     let strong = eligible[eligible.len() - 1].1[0];
                     let extra = extra_cost(st, cheap, strong, prompt_tokens, u64::from(output));
-                    cost_note = Some(format!(
-                        " (strong call +${extra:.6} for ~{prompt_tokens}+{output} tokens, ${usd_per_point} per quality point)"
-                    ));
-                    optiroute_router::calibrate::threshold_for_cost(extra, usd_per_point)
+                    (
+                        optiroute_router::calibrate::threshold_for_cost(extra, usd_per_point),
+                        format!(
+                            " (strong call +${extra:.6} for ~{prompt_tokens}+{output} tokens, ${usd_per_point} per quality point)"
+                        ),
+                    )
                 }
-                (None, None) => self.threshold,
             };
             let sticky = score < threshold && self.is_sticky_follow_up(req);
             let strong = score >= threshold || sticky;
@@ -408,21 +425,15 @@ impl Router {
                         req.last_user_text().chars().count()
                     ),
                 )
-            } else if strong {
-                (
-                    "score_high",
-                    format!(
-                        "complexity {score:.3} >= threshold {threshold:.3}{}",
-                        cost_note.as_deref().unwrap_or("")
-                    ),
-                )
             } else {
+                let (code, cmp) = if strong {
+                    ("score_high", ">=")
+                } else {
+                    ("score_low", "<")
+                };
                 (
-                    "score_low",
-                    format!(
-                        "complexity {score:.3} < threshold {threshold:.3}{}",
-                        cost_note.as_deref().unwrap_or("")
-                    ),
+                    code,
+                    format!("complexity {score:.3} {cmp} threshold {threshold:.3}{cost_note}"),
                 )
             };
             (pos, reason, why, Some(score))

@@ -471,45 +471,37 @@ async fn router_train_on_exported_traffic_moves_toward_the_feedback() {
     }
 }
 
-/// A `[routing] weights` file that is missing or not a weights file stops the start, naming the key.
+/// A `[routing] weights` or `cascade_verifier` file that is missing or of the wrong kind stops the
+/// start, naming the key and the path; `cascade_max_risk` must be a probability.
 #[tokio::test]
-async fn a_bad_weights_file_is_refused_at_start() {
+async fn a_bad_model_file_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.json");
     std::fs::write(&junk, "{\"format\": \"something else\"}").unwrap();
-    for path in [
-        junk.display().to_string(),
-        dir.path().join("missing.json").display().to_string(),
-    ] {
-        let mut cfg = Config::test_default();
-        cfg.routing.strategy = "learned".into();
-        cfg.routing.weights = Some(path.clone());
-        let err = match optiroute::state::AppState::new(cfg).await {
-            Ok(_) => panic!("started with {path}"),
-            Err(e) => e.to_string(),
-        };
-        assert!(err.contains("routing.weights") && err.contains(&path), "{err}");
-    }
-}
-
-/// `[routing] cascade_verifier` must be a verifier file and `cascade_max_risk` a probability.
-#[tokio::test]
-async fn cascade_verifier_settings_are_checked_and_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let junk = dir.path().join("junk.json");
-    std::fs::write(&junk, "{\"format\": \"optiroute-weights\"}").unwrap();
-    for path in [
-        junk.display().to_string(),
-        dir.path().join("missing.json").display().to_string(),
-    ] {
-        let mut cfg = Config::test_default();
-        cfg.routing.cascade = true;
-        cfg.routing.cascade_verifier = Some(path.clone());
-        let err = match optiroute::state::AppState::new(cfg).await {
-            Ok(_) => panic!("started with {path}"),
-            Err(e) => e.to_string(),
-        };
-        assert!(err.contains("routing.cascade_verifier") && err.contains(&path), "{err}");
+    type SetPath = fn(&mut Config, String);
+    let cases: [(&str, SetPath); 2] = [
+        ("routing.weights", |c, path| {
+            c.routing.strategy = "learned".into();
+            c.routing.weights = Some(path);
+        }),
+        ("routing.cascade_verifier", |c, path| {
+            c.routing.cascade = true;
+            c.routing.cascade_verifier = Some(path);
+        }),
+    ];
+    for (key, set) in cases {
+        for path in [
+            junk.display().to_string(),
+            dir.path().join("missing.json").display().to_string(),
+        ] {
+            let mut cfg = Config::test_default();
+            set(&mut cfg, path.clone());
+            let err = match optiroute::state::AppState::new(cfg).await {
+                Ok(_) => panic!("started with {key} = {path}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(key) && err.contains(&path), "{err}");
+        }
     }
     let mut cfg = Config::test_default();
     cfg.routing.cascade_max_risk = 1.5;

@@ -443,8 +443,8 @@ async fn a_cost_weight_sets_each_requests_threshold_from_its_extra_cost() {
     }
 }
 
-#[tokio::test]
-async fn a_cost_weight_needs_the_learned_scorer_and_no_share() {
+#[test]
+fn a_cost_weight_needs_the_learned_scorer_and_no_share() {
     let mut cfg = Config::test_default();
     cfg.routing.usd_per_quality_point = Some(0.1);
     let err = cfg.validate("test").unwrap_err().to_string();
