@@ -46,3 +46,6 @@ done
 "$PY" $X/table.py "$EMB_DIR"/results_mmlu_*.json
 "$PY" $X/table.py "$EMB_DIR"/results_gsm8k_*.json
 "$PY" $X/subject_ref.py       # reference: the true MMLU subject as a blend input
+# MiniLM as a training-time teacher for the n-gram router (sklearn proxy)
+"$PY" $X/teacher_knn.py gsm8k 1,2,3,4,5 50:0.5
+"$PY" $X/teacher_knn.py mmlu 1,2,3 50:0.5
