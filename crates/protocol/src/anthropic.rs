@@ -76,8 +76,9 @@ pub fn to_request(req: &ChatRequest, upstream_model: &str, default_max_tokens: u
             }
         }
     }
-    // Anthropic rejects a final (prefilled) assistant turn that ends in whitespace, and empty text
-    // blocks: trim the trailing text, drop blocks that become empty, and the turn if nothing is left.
+    // Anthropic rejects a final (prefilled) assistant turn that ends in whitespace, and empty or
+    // whitespace-only text blocks anywhere (those are dropped as each message is read): trim the
+    // trailing text, drop blocks that become empty, and the turn if nothing is left.
     if let Some(last) = turns.last_mut()
         && last.role == "assistant"
     {
@@ -266,13 +267,13 @@ fn with_cache_control(mut block: Value, part: &ContentPart) -> Value {
 fn system_blocks(i: usize, m: &Message) -> Result<Vec<Value>, TranslateError> {
     match &m.content {
         None => Ok(Vec::new()),
-        Some(Content::Text(t)) if t.is_empty() => Ok(Vec::new()),
+        Some(Content::Text(t)) if t.trim().is_empty() => Ok(Vec::new()),
         Some(Content::Text(t)) => Ok(vec![text_block(t)]),
         Some(Content::Parts(parts)) => {
             let mut out = Vec::new();
             for (j, p) in parts.iter().enumerate() {
                 match p.as_text() {
-                    Some("") => {}
+                    Some(t) if t.trim().is_empty() => {}
                     Some(t) => out.push(with_cache_control(text_block(t), p)),
                     None => {
                         return Err(TranslateError::unsupported(
@@ -300,7 +301,7 @@ fn system_value(blocks: Vec<Value>) -> Value {
 fn user_blocks(i: usize, content: Option<&Content>) -> Result<Vec<Value>, TranslateError> {
     match content {
         None => Ok(Vec::new()),
-        Some(Content::Text(t)) if t.is_empty() => Ok(Vec::new()),
+        Some(Content::Text(t)) if t.trim().is_empty() => Ok(Vec::new()),
         Some(Content::Text(t)) => Ok(vec![text_block(t)]),
         Some(Content::Parts(parts)) => {
             let mut out = Vec::with_capacity(parts.len());
@@ -308,7 +309,7 @@ fn user_blocks(i: usize, content: Option<&Content>) -> Result<Vec<Value>, Transl
                 let field = format!("messages[{i}].content[{j}]");
                 let block = match p.kind() {
                     "text" => match p.as_text() {
-                        Some("") => continue,
+                        Some(t) if t.trim().is_empty() => continue,
                         Some(t) => text_block(t),
                         None => return Err(TranslateError::invalid(field, "text part without `text`")),
                     },
@@ -385,7 +386,7 @@ fn assistant_blocks(i: usize, m: &Message) -> Result<Vec<Value>, TranslateError>
     let mut out = Vec::new();
     match &m.content {
         None => {}
-        Some(Content::Text(t)) if t.is_empty() => {}
+        Some(Content::Text(t)) if t.trim().is_empty() => {}
         Some(Content::Text(t)) => out.push(text_block(t)),
         Some(Content::Parts(parts)) => {
             for (j, p) in parts.iter().enumerate() {
@@ -399,7 +400,7 @@ fn assistant_blocks(i: usize, m: &Message) -> Result<Vec<Value>, TranslateError>
                         ));
                     }
                 };
-                if let Some(t) = text.filter(|t| !t.is_empty()) {
+                if let Some(t) = text.filter(|t| !t.trim().is_empty()) {
                     out.push(with_cache_control(text_block(t), p));
                 }
             }
@@ -461,7 +462,7 @@ fn tool_result_block(i: usize, m: &Message) -> Result<Value, TranslateError> {
                 block.insert("content".into(), Value::Array(blocks));
             }
         }
-        Some(Content::Text(t)) if !t.is_empty() => {
+        Some(Content::Text(t)) if !t.trim().is_empty() => {
             block.insert("content".into(), Value::from(t.as_str()));
         }
         _ => {}
@@ -655,7 +656,10 @@ pub struct StreamTranslator {
     model: String,
     started: bool,
     finished: bool,
-    prompt_tokens: Option<u64>,
+    /// Fresh prompt tokens (`input_tokens`); the prompt total adds the two cache counts below.
+    input_tokens: Option<u64>,
+    /// Prompt tokens written to Anthropic's prompt cache (`cache_creation_input_tokens`).
+    cache_write_tokens: u64,
     /// Prompt tokens read from Anthropic's prompt cache (`cache_read_input_tokens`).
     cached_tokens: u64,
     completion_tokens: u64,
@@ -671,7 +675,8 @@ impl StreamTranslator {
             model: requested_model.to_owned(),
             started: false,
             finished: false,
-            prompt_tokens: None,
+            input_tokens: None,
+            cache_write_tokens: 0,
             cached_tokens: 0,
             completion_tokens: 0,
             tool_blocks: Vec::new(),
@@ -681,8 +686,29 @@ impl StreamTranslator {
     /// Usage so far: known once `message_start` arrived; output tokens are final after
     /// `message_delta`.
     pub fn usage(&self) -> Option<Usage> {
-        self.prompt_tokens
-            .map(|p| usage(p, self.completion_tokens).with_cached(self.cached_tokens))
+        self.input_tokens.map(|i| {
+            let p = i
+                .saturating_add(self.cache_write_tokens)
+                .saturating_add(self.cached_tokens);
+            usage(p, self.completion_tokens).with_cached(self.cached_tokens)
+        })
+    }
+
+    /// Takes in a `usage` object of `message_start` or `message_delta`. Every count in it is
+    /// cumulative and any may be missing or null, which leaves the count known so far.
+    fn absorb_usage(&mut self, u: &Value) {
+        if let Some(i) = get_u64(u, "input_tokens") {
+            self.input_tokens = Some(i);
+        }
+        if let Some(w) = get_u64(u, "cache_creation_input_tokens") {
+            self.cache_write_tokens = w;
+        }
+        if let Some(r) = get_u64(u, "cache_read_input_tokens") {
+            self.cached_tokens = r;
+        }
+        if let Some(o) = get_u64(u, "output_tokens") {
+            self.completion_tokens = o;
+        }
     }
 
     /// The upstream message id (empty before `message_start`).
@@ -721,11 +747,7 @@ impl StreamTranslator {
                     id.clone_into(&mut self.id);
                 }
                 if let Some(u) = msg.get("usage") {
-                    self.prompt_tokens = prompt_tokens(u).or(self.prompt_tokens);
-                    self.cached_tokens = get_u64(u, "cache_read_input_tokens").unwrap_or(self.cached_tokens);
-                    if let Some(o) = get_u64(u, "output_tokens") {
-                        self.completion_tokens = o;
-                    }
+                    self.absorb_usage(u);
                 }
                 self.start(out);
             }
@@ -794,12 +816,7 @@ impl StreamTranslator {
             "message_delta" => {
                 self.start(out);
                 if let Some(u) = v.get("usage") {
-                    if let Some(o) = get_u64(u, "output_tokens") {
-                        self.completion_tokens = o;
-                    }
-                    if let Some(p) = prompt_tokens(u) {
-                        self.prompt_tokens = Some(p);
-                    }
+                    self.absorb_usage(u);
                 }
                 if let Some(reason) = v.get("delta").and_then(|d| get_str(d, "stop_reason")) {
                     out.push(finish_chunk(&self.id, self.created, &self.model, finish_reason(reason)));
@@ -953,6 +970,34 @@ mod tests {
         // Nothing left to send: a clear error naming the field, not an empty request.
         let e = to_request(&req(json!([{"role": "assistant", "content": "  "}])), "c", 10).unwrap_err();
         assert_eq!(e.field(), Some("messages"));
+    }
+
+    #[test]
+    fn whitespace_only_text_blocks_are_not_sent() {
+        // Anthropic answers 400 "text content blocks must contain non-whitespace text" for a
+        // whitespace-only text block anywhere in `messages`, not only in a final prefill.
+        let got = translate(json!({"model": "m", "messages": [
+            {"role": "user", "content": "What's the weather?"},
+            {"role": "assistant", "content": "\n\n", "tool_calls": [
+                {"id": "t1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "sunny"},
+            {"role": "user", "content": [{"type": "text", "text": " "}, {"type": "text", "text": "thanks"}]}
+        ]}))
+        .unwrap();
+        let texts: Vec<String> = got["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| match &m["content"] {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(bs) => bs
+                    .iter()
+                    .filter_map(|b| get_str(b, "text").map(str::to_owned))
+                    .collect(),
+                _ => vec![],
+            })
+            .collect();
+        assert!(texts.iter().all(|t| !t.trim().is_empty()), "{texts:?}");
     }
 
     #[test]
@@ -1639,6 +1684,22 @@ data: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(out[0].choices[0].delta.role.as_deref(), Some("assistant"));
         assert_eq!(out[1].choices[0].delta.content.as_deref(), Some("x"));
         assert_eq!(t.usage(), None);
+    }
+
+    #[test]
+    fn message_delta_cache_counts_are_cumulative_too() {
+        // message_delta's usage fields are all cumulative and each may be null: a newer
+        // cache_read_input_tokens replaces the one from message_start, a null one keeps it.
+        let (_, _, t) = run_stream(
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n\
+             data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"input_tokens\":9,\"cache_read_input_tokens\":300,\"output_tokens\":7}}\n\n",
+        );
+        assert_eq!(t.usage(), Some(Usage::new(309, 7).with_cached(300)));
+        let (_, _, t) = run_stream(
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n\
+             data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":null,\"cache_read_input_tokens\":null,\"output_tokens\":7}}\n\n",
+        );
+        assert_eq!(t.usage(), Some(Usage::new(105, 7).with_cached(100)));
     }
 
     #[test]

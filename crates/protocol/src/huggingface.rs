@@ -588,6 +588,13 @@ impl StreamTranslator {
             tgi_reason.map_or("stop", finish_reason)
         };
         out.push(finish_chunk(&self.id, self.created, &self.model, reason));
+        // Like OpenAI with `include_usage`: the counts TGI reported travel in a closing chunk with no
+        // choices (the consumer of the chunks never sees this translator).
+        if let Some(u) = self.counts.usage() {
+            let mut c = ChatChunk::new(&self.id, self.created, &self.model);
+            c.usage = Some(u);
+            out.push(c);
+        }
         self.finished = true;
     }
 }
@@ -933,6 +940,9 @@ data:{\"index\":4,\"token\":{\"id\":2,\"text\":\"</s>\",\"logprob\":-0.01,\"spec
                 chunk(json!({"content": " learning"}), Value::Null),
                 chunk(json!({"content": " is"}), Value::Null),
                 chunk(json!({}), json!("stop")),
+                json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                       "model": "tgi", "choices": [],
+                       "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}}),
             ])
         );
         assert_eq!(t.usage(), Some(Usage::new(12, 4)));
@@ -977,6 +987,9 @@ data:{\"index\":4,\"token\":{\"id\":2,\"text\":\"</s>\",\"logprob\":-0.01,\"spec
         .unwrap();
         assert_eq!(streamed.choices, whole.choices);
         assert_eq!(t.usage(), whole.usage);
+        // The gateway sees only the chunks (the translator moves into the stream): TGI's reported
+        // counts travel in a closing usage chunk, as Anthropic's do.
+        assert_eq!(streamed.usage, whole.usage);
     }
 
     fn token_event(text: &str, last: Option<(&str, &str)>) -> String {
