@@ -236,7 +236,7 @@ struct DeploymentLimit {
 pub struct Limits {
     keys: Mutex<HashMap<String, Arc<KeyState>>>,
     deployments: Vec<DeploymentLimit>,
-    pending: Mutex<HashMap<(String, i64), u64>>,
+    pending: Mutex<HashMap<(String, crate::store::Period, i64), u64>>,
     store: Option<Store>,
     notify: Arc<Notify>,
     flushing: tokio::sync::Mutex<()>,
@@ -456,7 +456,9 @@ impl Limits {
             sp.nanos = sp.nanos.saturating_add(cost.0);
         }
         if self.store.is_some() {
-            *lock(&self.pending).entry((rec.id.clone(), start)).or_insert(0) += cost.0;
+            *lock(&self.pending)
+                .entry((rec.id.clone(), rec.budget_period, start))
+                .or_insert(0) += cost.0;
             self.notify.notify_one();
         }
     }
@@ -521,17 +523,17 @@ impl Limits {
         }
         let Some(store) = &self.store else { return };
         let _one_at_a_time = self.flushing.lock().await;
-        let batch: Vec<((String, i64), u64)> = lock(&self.pending).drain().collect();
+        let batch: Vec<((String, crate::store::Period, i64), u64)> = lock(&self.pending).drain().collect();
         let mut failed = Vec::new();
         let mut error = None;
-        for ((id, period), delta) in batch {
+        for ((id, kind, period), delta) in batch {
             if error.is_some() {
-                failed.push(((id, period), delta));
+                failed.push(((id, kind, period), delta));
                 continue;
             }
-            if let Err(e) = store.add_spend(&id, period, delta).await {
+            if let Err(e) = store.add_spend(&id, kind, period, delta).await {
                 error = Some(e);
-                failed.push(((id, period), delta));
+                failed.push(((id, kind, period), delta));
             }
         }
         if let Some(e) = error {

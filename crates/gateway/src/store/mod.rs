@@ -22,6 +22,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_feedback.sql")),
 ];
 
+/// The PostgreSQL advisory lock key serializing migrations across replicas.
+const MIGRATION_LOCK: i64 = 0x6f70_7469_726f_7574;
+
 /// What every virtual key starts with (OpenAI SDKs accept any string).
 pub const KEY_PREFIX: &str = "sk-or-";
 /// Characters of a key kept for display: `sk-or-` and 6 hex digits (24 of 256 random bits).
@@ -38,7 +41,7 @@ pub enum StoreError {
 }
 
 /// The period a key's budget applies to. Periods are calendar periods in UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
     Day,
@@ -409,6 +412,28 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
+        // Replicas starting together against one PostgreSQL would race (concurrent CREATE TABLE IF NOT
+        // EXISTS fails on pg_type, a migration could run twice): one migrates at a time, under a session
+        // advisory lock held by a dedicated connection, closed (releasing the lock) afterwards.
+        let lock = match self {
+            Store::Postgres(p) => {
+                let mut conn = p.acquire().await?.detach();
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut conn)
+                    .await?;
+                Some(conn)
+            }
+            Store::Sqlite(_) => None,
+        };
+        let result = self.migrate_locked().await;
+        if let Some(conn) = lock {
+            let _ = sqlx::Connection::close(conn).await;
+        }
+        result
+    }
+
+    async fn migrate_locked(&self) -> Result<(), StoreError> {
         on_pool!(self, p => {
             sqlx::raw_sql(
                 "CREATE TABLE IF NOT EXISTS optiroute_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
@@ -535,11 +560,24 @@ impl Store {
     /// Applies `spec` to key `id` and returns the updated record.
     pub async fn update_key(&self, id: &str, spec: &KeySpec) -> Result<KeyRecord, StoreError> {
         let mut rec = self.key(id).await?;
-        spec.apply(&mut rec, unix_now())?;
+        let now = unix_now();
+        let old_period = rec.budget_period;
+        spec.apply(&mut rec, now)?;
+        if rec.budget_period != old_period {
+            // A new kind of period starts counting now; the stored spend belongs to the old one (and
+            // `add_spend` for the new period must not be refused as "older than the stored period").
+            rec.spent_nanos = 0;
+            rec.spend_period_start = rec.budget_period.start(now);
+        }
         let models = serde_json::to_string(&rec.models).unwrap_or_else(|_| "[]".into());
         let metadata = rec.metadata.to_string();
+        // The spend columns are reset in the same statement, only if the period really changes (the
+        // right-hand sides see the row before the update), so a concurrent `add_spend` is not lost.
         let sql = "UPDATE api_keys SET name = $1, allowed_models = $2, rpm = $3, tpm = $4, max_concurrent = $5, \
-                   budget_nanos = $6, budget_period = $7, expires_at = $8, metadata = $9, updated_at = $10 WHERE id = $11";
+                   budget_nanos = $6, \
+                   spent_nanos = CASE WHEN budget_period = $7 THEN spent_nanos ELSE 0 END, \
+                   spend_period_start = CASE WHEN budget_period = $8 THEN spend_period_start ELSE $9 END, \
+                   budget_period = $10, expires_at = $11, metadata = $12, updated_at = $13 WHERE id = $14";
         on_pool!(self, p => {
             sqlx::query(sql)
                 .bind(&rec.name)
@@ -548,6 +586,9 @@ impl Store {
                 .bind(to_i64(rec.tpm))
                 .bind(to_i64(rec.max_concurrent))
                 .bind(to_i64(rec.budget_nanos))
+                .bind(rec.budget_period.as_str())
+                .bind(rec.budget_period.as_str())
+                .bind(rec.budget_period.start(now))
                 .bind(rec.budget_period.as_str())
                 .bind(rec.expires_at)
                 .bind(&metadata)
@@ -572,14 +613,15 @@ impl Store {
 
     /// Adds `delta` nano-dollars to key `id`'s spend for the period starting at `period_start`. A newer
     /// period resets the counter; a delta for an older period than the stored one is dropped (it
-    /// cannot count against the current budget any more).
-    pub async fn add_spend(&self, id: &str, period_start: i64, delta: u64) -> Result<(), StoreError> {
+    /// cannot count against the current budget any more), and so is one for another kind of period
+    /// than the key's (settled before its budget period was changed).
+    pub async fn add_spend(&self, id: &str, period: Period, period_start: i64, delta: u64) -> Result<(), StoreError> {
         let delta = i64::try_from(delta).unwrap_or(i64::MAX);
         let sql = "UPDATE api_keys SET \
                    spent_nanos = CASE WHEN spend_period_start = $1 THEN spent_nanos + $2 \
                                       WHEN spend_period_start < $3 THEN $4 ELSE spent_nanos END, \
                    spend_period_start = CASE WHEN spend_period_start < $5 THEN $6 ELSE spend_period_start END \
-                   WHERE id = $7";
+                   WHERE id = $7 AND budget_period = $8";
         on_pool!(self, p => {
             sqlx::query(sql)
                 .bind(period_start)
@@ -589,6 +631,7 @@ impl Store {
                 .bind(period_start)
                 .bind(period_start)
                 .bind(id)
+                .bind(period.as_str())
                 .execute(p)
                 .await?;
         });
@@ -690,16 +733,48 @@ mod tests {
         let found = s.key_by_hash(&hash_key(&secret)).await.unwrap().unwrap();
         assert_eq!((found.id.as_str(), found.rpm), (rec.id.as_str(), Some(60)));
         assert!(s.key_by_hash(&hash_key("sk-or-nope")).await.unwrap().is_none());
-        s.add_spend(&rec.id, 0, 5).await.unwrap();
-        s.add_spend(&rec.id, 0, 7).await.unwrap();
+        s.add_spend(&rec.id, Period::Total, 0, 5).await.unwrap();
+        s.add_spend(&rec.id, Period::Total, 0, 7).await.unwrap();
         assert_eq!(s.key(&rec.id).await.unwrap().spent_nanos, 12);
         // A new period resets; an old period's late delta is dropped.
-        s.add_spend(&rec.id, 100, 3).await.unwrap();
-        s.add_spend(&rec.id, 0, 50).await.unwrap();
+        s.add_spend(&rec.id, Period::Total, 100, 3).await.unwrap();
+        s.add_spend(&rec.id, Period::Total, 0, 50).await.unwrap();
         let r = s.key(&rec.id).await.unwrap();
         assert_eq!((r.spent_nanos, r.spend_period_start), (3, 100));
         // Migrations are idempotent.
         s.migrate().await.unwrap();
         assert_eq!(s.list_keys().await.unwrap().len(), 1);
+    }
+
+    /// Changing a key's budget period must not make the store drop every later spend.
+    #[tokio::test]
+    async fn spend_is_still_persisted_after_the_budget_period_changes() {
+        let s = Store::connect("sqlite::memory:").await.unwrap();
+        let spec = KeySpec {
+            name: Some("p".into()),
+            budget_usd: Some(Some(1.0)),
+            budget_period: Some(Period::Day),
+            ..Default::default()
+        };
+        let (rec, _) = s.create_key(&spec).await.unwrap();
+        let now = unix_now();
+        s.add_spend(&rec.id, Period::Day, Period::Day.start(now), 5)
+            .await
+            .unwrap();
+        // day -> total: the limits layer now persists spend for period start 0.
+        let total = KeySpec {
+            budget_period: Some(Period::Total),
+            ..Default::default()
+        };
+        let rec = s.update_key(&rec.id, &total).await.unwrap();
+        // A delta settled under the old period and flushed after the change must not take over.
+        s.add_spend(&rec.id, Period::Day, Period::Day.start(now), 9)
+            .await
+            .unwrap();
+        s.add_spend(&rec.id, rec.budget_period, rec.budget_period.start(now), 7)
+            .await
+            .unwrap();
+        let r = s.key(&rec.id).await.unwrap();
+        assert_eq!((r.stored_spend(now), r.spend_period_start), (7, 0));
     }
 }

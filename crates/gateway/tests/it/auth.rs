@@ -406,8 +406,14 @@ async fn store_crud(store: &Store) {
         .await
         .unwrap();
     assert_eq!((upd.rpm, upd.tpm, upd.name.as_str()), (None, Some(5000), "crud"));
-    store.add_spend(&rec.id, rec.spend_period_start, 123).await.unwrap();
-    store.add_spend(&rec.id, rec.spend_period_start, 7).await.unwrap();
+    store
+        .add_spend(&rec.id, rec.budget_period, rec.spend_period_start, 123)
+        .await
+        .unwrap();
+    store
+        .add_spend(&rec.id, rec.budget_period, rec.spend_period_start, 7)
+        .await
+        .unwrap();
     assert_eq!(store.key(&rec.id).await.unwrap().spent_nanos, 130);
     let rv = store.revoke_key(&rec.id).await.unwrap();
     assert!(rv.revoked_at.is_some());
@@ -1104,4 +1110,80 @@ async fn cached_auth_costs_microseconds() {
     eprintln!("cached virtual-key auth: {per:?} per request");
     // Generous for an unoptimised build on a busy machine; a store round trip would be far slower.
     assert!(per < Duration::from_micros(200), "{per:?}");
+}
+
+/// Several replicas starting at once against a fresh PostgreSQL all migrate it.
+#[tokio::test]
+async fn replicas_starting_together_all_migrate_postgres() {
+    for round in 0..3 {
+        // A fresh database per round.
+        let Some(db) = pg_database().await else { return };
+        let stores = futures_util::future::join_all((0..6).map(|_| Store::connect(&db.url))).await;
+        let errors: Vec<String> = stores
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        for s in stores.into_iter().flatten() {
+            s.close().await;
+        }
+        db.drop().await;
+        assert!(
+            errors.is_empty(),
+            "round {round}: {} of 6 replicas failed to start: {:?}",
+            errors.len(),
+            errors
+        );
+    }
+}
+
+/// Changing a key's budget period keeps persisting its spend (PostgreSQL: same SQL as SQLite).
+#[tokio::test]
+async fn postgres_spend_is_persisted_after_a_budget_period_change() {
+    use optiroute::store::{Period, unix_now};
+    let Some(db) = pg_database().await else { return };
+    let s = Store::connect(&db.url).await.unwrap();
+    let (rec, _) = s
+        .create_key(&KeySpec {
+            name: Some("p".into()),
+            budget_usd: Some(Some(1.0)),
+            budget_period: Some(Period::Month),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let now = unix_now();
+    s.add_spend(&rec.id, Period::Month, Period::Month.start(now), 5)
+        .await
+        .unwrap();
+    let rec = s
+        .update_key(
+            &rec.id,
+            &KeySpec {
+                budget_period: Some(Period::Total),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    s.add_spend(&rec.id, Period::Month, Period::Month.start(now), 9)
+        .await
+        .unwrap();
+    s.add_spend(&rec.id, Period::Total, 0, 7).await.unwrap();
+    s.add_spend(&rec.id, Period::Total, 0, 1).await.unwrap();
+    let r = s.key(&rec.id).await.unwrap();
+    assert_eq!((r.stored_spend(now), r.spend_period_start), (8, 0));
+    // An update that keeps the period keeps the spend.
+    let r = s
+        .update_key(
+            &rec.id,
+            &KeySpec {
+                rpm: Some(Some(5)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.key(&r.id).await.unwrap().spent_nanos, 8);
+    s.close().await;
+    db.drop().await;
 }
