@@ -263,6 +263,13 @@ async fn store(st: &AppState, cp: &CachePlan, value: &Arc<CachedResponse>) {
     }
 }
 
+/// Whether an `auto` answer came from another tier than the one routing chose (that tier was failing,
+/// and this one stood in). Such an answer is served but not cached: once the chosen tier is back, the
+/// prompt gets its answer again instead of the stand-in's for the cache's whole TTL.
+fn is_stand_in(st: &AppState, plan: &Plan, dep: usize) -> bool {
+    plan.target == Target::Auto && plan.tier.is_some() && st.deployments[dep].tier != plan.tier
+}
+
 /// Whether an answer may be cached: complete, and not a tool-call turn.
 fn cacheable_answer(c: &ChatCompletion) -> bool {
     c.choices.iter().all(|ch| {
@@ -384,13 +391,13 @@ async fn complete_planned(
     plan: Plan,
     started: Instant,
 ) -> Result<(ChatCompletion, Meta), ApiError> {
-    let cp = cache_plan(st, req, &plan, ctx);
+    let mut cp = cache_plan(st, req, &plan, ctx);
     if let Some(hit) = lookup(st, &cp).await {
         let meta = hit_meta(st, &hit, &plan, started);
         crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
         return Ok((hit.completion.clone(), meta));
     }
-    let deadline = deadline(st);
+    let mut deadline = deadline(st);
     let _leader = match cp.key.filter(|_| cp.lookup && cp.store) {
         Some(key) => match st.coalescer.join(key) {
             Flight::Follower(rx) => {
@@ -399,6 +406,8 @@ async fn complete_planned(
                     crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
                     return Ok((v.completion.clone(), meta));
                 }
+                // Waiting for a leader is not an attempt: the follower's own call gets a full deadline.
+                deadline = self::deadline(st);
                 None
             }
             Flight::Leader(g) => Some(g),
@@ -410,6 +419,7 @@ async fn complete_planned(
     let mut upstream = call.upstream;
     let mut cascade_note = None;
     let mut wasted = Nanos::ZERO;
+    let mut stand_in = is_stand_in(st, &plan, call.dep);
     if let Some((why, strong_plan)) = cascade_escalation(st, &plan, req, ctx, &call) {
         // The cheap answer failed its check: it was paid for, but no routing saving is claimed for it.
         let cheap_cost = account_inner(st, call.dep, call.usage, false).0;
@@ -424,11 +434,13 @@ async fn complete_planned(
                     "cascade: the {cheap_tier} answer failed its check ({why}); escalated"
                 ));
                 call = strong;
+                stand_in = false;
             }
-            // The strong tier failed too: the cheap answer is better than an error.
+            // The strong tier failed too: the cheap answer is better than an error, but not one to keep.
             Err(e) => {
                 tracing::warn!(error = %e.message, "cascade escalation failed; serving the cheap answer");
                 call.already_accounted = Some(cheap_cost);
+                stand_in = true;
             }
         }
     }
@@ -474,6 +486,8 @@ async fn complete_planned(
     st.metrics
         .overhead
         .observe(started.elapsed().saturating_sub(upstream).as_secs_f64());
+    // A stand-in is shared with coalesced followers (they asked at the same moment) but not stored.
+    cp.store &= !stand_in;
     if cp.key.is_some() && cacheable_answer(&completion) {
         let entry = Arc::new(CachedResponse {
             completion: completion.clone(),
@@ -651,7 +665,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         let usage = meta.usage.unwrap_or_default();
         return Ok(replay(&completion, None, usage, meta, include_usage));
     }
-    let cp = cache_plan(st, &req, &plan, ctx);
+    let mut cp = cache_plan(st, &req, &plan, ctx);
     if let Some(hit) = lookup(st, &cp).await {
         let meta = hit_meta(st, &hit, &plan, started);
         st.ledger
@@ -659,7 +673,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
         return Ok(replay_hit(hit, meta, include_usage));
     }
-    let deadline = deadline(st);
+    let mut deadline = deadline(st);
     let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
         Some(key) => match Coalescer::join_owned(st, key) {
             OwnedFlight::Follower(rx) => {
@@ -670,6 +684,9 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
                     crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
                     return Ok(replay_hit(v, meta, include_usage));
                 }
+                // Waiting for a leader (a live stream is not bounded by the deadline after its first
+                // byte) is not an attempt: the follower's own call gets a full deadline.
+                deadline = self::deadline(st);
                 None
             }
             OwnedFlight::Leader(l) => Some(l),
@@ -721,6 +738,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
     })
     .await?;
     let d = &st.deployments[served.dep];
+    cp.store &= !is_stand_in(st, &plan, served.dep);
     let meta = Meta {
         provider: d.provider_name.clone(),
         model: d.model.clone(),
@@ -936,6 +954,10 @@ impl LiveStream {
             }
         }
         out.push(Bytes::from_static(sse::DONE));
+        // Before the store's await: a client that leaves during it drops this future, and `done`
+        // already tells `Drop` that the stream was settled.
+        d.in_flight.fetch_sub(1, Relaxed);
+        st.metrics.in_flight.dec();
         let acc = std::mem::take(&mut self.acc);
         let completion = acc.into_completion();
         if self.cp.key.is_some() && cacheable_answer(&completion) {
@@ -955,8 +977,6 @@ impl LiveStream {
                 l.publish(entry);
             }
         }
-        d.in_flight.fetch_sub(1, Relaxed);
-        st.metrics.in_flight.dec();
     }
 
     fn on_error(&mut self, e: &UpstreamError, out: &mut Vec<Bytes>) {

@@ -186,7 +186,7 @@ impl IntoResponse for ApiError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(ra) = self.retry_after {
-            let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
+            let secs = ra.as_secs().saturating_add(u64::from(ra.subsec_nanos() > 0));
             if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
                 h.insert(header::RETRY_AFTER, v);
             }
@@ -202,7 +202,8 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         v.parse::<f64>()
             .ok()
             .filter(|f| f.is_finite() && *f >= 0.0)
-            .map(Duration::from_secs_f64)
+            // Beyond Duration's range (`1e30`): as long as can be, never a panic.
+            .map(|f| Duration::try_from_secs_f64(f).unwrap_or(Duration::from_secs(u64::MAX)))
     })
 }
 
@@ -244,5 +245,11 @@ mod tests {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn retry_after_beyond_duration_range_does_not_panic() {
+        let _ = parse_retry_after("1e30");
+        let _ = parse_retry_after("99999999999999999999999");
     }
 }

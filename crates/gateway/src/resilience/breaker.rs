@@ -60,6 +60,8 @@ struct Inner {
     open_until: Instant,
     trips: u32,
     probes_in_flight: u32,
+    /// Counts trips: a probe admitted before the latest trip no longer holds a slot.
+    epoch: u32,
 }
 
 #[derive(Debug)]
@@ -75,6 +77,8 @@ pub struct Breaker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permit {
     probe: bool,
+    /// The breaker's epoch when admitted.
+    epoch: u32,
 }
 
 impl Breaker {
@@ -88,6 +92,7 @@ impl Breaker {
                 open_until: Instant::now(),
                 trips: 0,
                 probes_in_flight: 0,
+                epoch: 0,
             }),
             seed,
         }
@@ -125,11 +130,23 @@ impl Breaker {
             });
         }
         match g.state {
-            State::Closed => (Some(Permit { probe: false }), transition),
+            State::Closed => (
+                Some(Permit {
+                    probe: false,
+                    epoch: g.epoch,
+                }),
+                transition,
+            ),
             State::HalfOpen => {
                 if g.probes_in_flight < self.cfg.half_open_probes {
                     g.probes_in_flight += 1;
-                    (Some(Permit { probe: true }), transition)
+                    (
+                        Some(Permit {
+                            probe: true,
+                            epoch: g.epoch,
+                        }),
+                        transition,
+                    )
                 } else {
                     (None, transition)
                 }
@@ -143,9 +160,7 @@ impl Breaker {
         let now = Instant::now();
         self.record(&mut g, now, false);
         g.consecutive = 0;
-        if permit.probe {
-            g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
-        }
+        Self::end_probe(&mut g, permit);
         if g.state == State::HalfOpen {
             g.state = State::Closed;
             g.trips = 0;
@@ -163,9 +178,7 @@ impl Breaker {
         let now = Instant::now();
         self.record(&mut g, now, true);
         g.consecutive += 1;
-        if permit.probe {
-            g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
-        }
+        Self::end_probe(&mut g, permit);
         match g.state {
             State::HalfOpen => Some(self.trip(&mut g, now, State::HalfOpen)),
             State::Closed => {
@@ -187,7 +200,13 @@ impl Breaker {
     /// The call ended in a way that says nothing about the upstream (client error, client gone).
     pub fn release(&self, permit: Permit) {
         if permit.probe {
-            let mut g = self.lock();
+            Self::end_probe(&mut self.lock(), permit);
+        }
+    }
+
+    /// Frees a probe's slot, unless the breaker tripped since it was admitted (the slots were reset).
+    fn end_probe(g: &mut Inner, permit: Permit) {
+        if permit.probe && permit.epoch == g.epoch {
             g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
         }
     }
@@ -237,6 +256,7 @@ impl Breaker {
         g.open_until = now + cooldown;
         g.consecutive = 0;
         g.probes_in_flight = 0;
+        g.epoch = g.epoch.wrapping_add(1);
         g.window.clear();
         Transition { from, to: State::Open }
     }
@@ -369,5 +389,27 @@ mod tests {
         let p = b.try_acquire().0.unwrap();
         b.release(p);
         assert!(b.try_acquire().0.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_probe_does_not_free_a_slot_of_a_later_half_open() {
+        let b = Breaker::new(cfg(), 1);
+        // A call admitted while closed, still running when the breaker trips.
+        let stale = b.try_acquire().0.unwrap();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        tokio::time::advance(Duration::from_secs(34)).await;
+        let first_probe = b.try_acquire().0.unwrap();
+        // The old call fails now: half-open -> open again (60 s + jitter).
+        b.failure(stale);
+        tokio::time::advance(Duration::from_secs(67)).await;
+        let second_probe = b.try_acquire().0.unwrap();
+        // The first episode's probe ends (its client left): that says nothing about this episode.
+        b.release(first_probe);
+        assert!(
+            b.try_acquire().0.is_none(),
+            "half_open_probes = 1 but a second probe was admitted while {second_probe:?} runs"
+        );
     }
 }

@@ -36,6 +36,28 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Releases a breaker permit if the attempt holding it is dropped before its outcome is reported (the
+/// client went away mid-call): otherwise a half-open breaker's probe slot stays taken for ever.
+struct ReleaseOnDrop<'a> {
+    d: &'a Deployment,
+    permit: Permit,
+    armed: bool,
+}
+
+impl ReleaseOnDrop<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.d.breaker.release(self.permit);
+        }
+    }
+}
+
 /// A successful call and what the caller must settle when it is really done (for streams: at the end).
 pub struct Served<T> {
     pub value: T,
@@ -93,9 +115,16 @@ where
             if attempt > 0 {
                 st.metrics.retries.get_or_create(&d.dep_label).inc();
             }
+            if Instant::now() >= deadline {
+                // No time left to call: nothing was asked of the upstream, so nothing counts against it.
+                d.breaker.release(permit);
+                return Err(exhausted(&tried, last, plan.candidates.len(), soonest_retry, true));
+            }
             let sent_at = Instant::now();
             let busy = InFlight::new(d);
+            let release = ReleaseOnDrop { d, permit, armed: true };
             let outcome = tokio::time::timeout_at(deadline, call(d)).await;
+            release.disarm();
             drop(busy);
             let err = match outcome {
                 Ok(Ok(value)) => {

@@ -304,3 +304,105 @@ async fn redis_cache_is_shared_and_survives_redis_dying() {
     assert!(recovered, "the cache did not recover after Redis came back");
     let _ = Config::test_default();
 }
+
+#[tokio::test]
+async fn a_follower_whose_leader_outlives_the_deadline_calls_upstream_itself() {
+    let (mock, gw) = openai_setup(|c| {
+        c.resilience.deadline_ms = 500;
+        c.resilience.breaker.consecutive_failures = 1;
+    })
+    .await;
+    // A live stream is bounded by the deadline only until its first byte: this one lasts ~1.2 s.
+    mock.handle.set_default(Behavior {
+        chunk_delay_ms: 150,
+        text: Some("one two three four five six seven eight".into()),
+        ..Default::default()
+    });
+    let mut body = chat_body("m", "long story");
+    body["stream"] = json!(true);
+    let (url, b1) = (gw.chat_url(), body.clone());
+    let leader = tokio::spawn(async move {
+        let r = client().post(url).json(&b1).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert!(eventually(Duration::from_secs(5), || mock.handle.hits() == 1).await);
+    // The follower waits for the leader until its deadline, then makes its own call with time to do it.
+    let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let (leader_status, leader_text) = leader.await.unwrap();
+    assert_eq!(leader_status, 200, "{leader_text}");
+    assert_eq!(status, 200, "follower: {text}");
+    assert_eq!(sse_content(&text), "one two three four five six seven eight");
+    assert_eq!(mock.handle.hits(), 2);
+    assert_eq!(gw.state.deployments[0].breaker.consecutive_failures(), 0);
+}
+
+#[tokio::test]
+async fn a_client_leaving_while_its_stream_is_cached_leaves_no_request_in_flight() {
+    let Some(redis) = Redis::start() else { return };
+    let (mock, gw) = openai_setup(|c| {
+        c.cache.backend = "redis".into();
+        c.cache.redis_url = Some(redis.url());
+        c.cache.redis_timeout_ms = 2_000;
+    })
+    .await;
+    // Readiness: the cache is connected once a repeated request is a hit.
+    let mut connected = false;
+    for _ in 0..200 {
+        client()
+            .post(gw.chat_url())
+            .json(&chat_body("m", "warm"))
+            .send()
+            .await
+            .unwrap();
+        let r = client()
+            .post(gw.chat_url())
+            .json(&chat_body("m", "warm"))
+            .send()
+            .await
+            .unwrap();
+        if r.headers()["x-optiroute-cache"] == "hit" {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(connected);
+    // A slow Redis: writes wait for 3 s, reads go on.
+    assert_eq!(redis.query("CLIENT PAUSE 3000 WRITE"), "+OK");
+    mock.handle.push(Behavior {
+        text: Some("a b c".into()),
+        ..Default::default()
+    });
+    let mut body = chat_body("m", "stream me");
+    body["stream"] = json!(true);
+    let mut r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("\"finish_reason\":\"stop\"") {
+        let c = r
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream ends after its finish chunk");
+        seen.push_str(&String::from_utf8_lossy(&c));
+    }
+    // The whole answer is out and the gateway's write of it is held by Redis: the client leaves now.
+    assert!(
+        eventually(Duration::from_secs(5), || redis
+            .query("INFO clients")
+            .contains("blocked_clients:1"))
+        .await
+    );
+    drop(r);
+    let d = &gw.state.deployments[0];
+    assert!(
+        eventually(Duration::from_secs(10), || d
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0)
+        .await,
+        "in-flight count leaked"
+    );
+}

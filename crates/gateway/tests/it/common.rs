@@ -205,6 +205,26 @@ impl Redis {
         false
     }
 
+    /// Sends one inline command and returns its reply: a status line, or a bulk string's text.
+    pub fn query(&self, cmd: &str) -> String {
+        use std::io::{BufRead, Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        match line.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            Some(len) => {
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                String::from_utf8(body).unwrap()
+            }
+            None => line.to_owned(),
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -362,6 +362,63 @@ async fn breaker_half_opens_after_cooldown_and_closes_on_a_good_probe() {
     assert_eq!(d.breaker.state(), State::Closed);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_probe_abandoned_by_its_client_frees_the_half_open_slot() {
+    let st = paused_state(|c| {
+        c.resilience.max_attempts = 1;
+        c.resilience.breaker.consecutive_failures = 1;
+        c.resilience.breaker.cooldown_secs = 30;
+        c.resilience.breaker.half_open_probes = 1;
+    })
+    .await;
+    let p = plan(&st, "local");
+    let deadline = || Instant::now() + Duration::from_secs(60);
+    let fail = || async { Err::<(), _>(UpstreamError::new(UpstreamKind::Status(500), "sim", "boom")) };
+    assert!(retry::run(&st, &p, deadline(), |_| fail()).await.is_err());
+    tokio::time::advance(Duration::from_secs(34)).await;
+    // The half-open probe hangs and its client gives up: the request's future is dropped mid-call.
+    let hang = retry::run(&st, &p, deadline(), |_| {
+        std::future::pending::<Result<(), UpstreamError>>()
+    });
+    assert!(tokio::time::timeout(Duration::from_secs(1), hang).await.is_err());
+    // The slot is free again: the next request is the probe, and it closes the breaker.
+    let served = retry::run(&st, &p, deadline(), |_| async { Ok::<_, UpstreamError>(()) })
+        .await
+        .expect("a new probe is admitted");
+    let d = &st.deployments[served.dep];
+    st.on_transition(d, d.breaker.success(served.permit));
+    assert_eq!(d.breaker.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_from_upstream_is_answered_not_a_panic() {
+    use axum::response::IntoResponse;
+    // `Retry-After: 1e30` is a number, but beyond what a Duration holds.
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1e30"), ("content-type", "application/json")],
+                r#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":null}}"#,
+            )
+                .into_response()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let cfg = config_with(
+        &[("up", ProviderKind::Openai, &up)],
+        &[("m", "up", "upstream-model", "cloud")],
+    );
+    let gw = TestGateway::start(cfg).await;
+    let r = client().post(gw.chat_url()).json(&chat_body("m", "x")).send().await;
+    let r = r.expect("the gateway answered");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+}
+
 // --- Cost-aware routing ---
 
 async fn route(gw: &TestGateway, body: Value, headers: &[(&str, &str)]) -> (u16, String, String) {
@@ -530,6 +587,76 @@ async fn cloud_outage_degrades_to_local() {
         assert!(reason.starts_with("fallback"), "{reason}");
     }
     assert_eq!(gw.state.deployments[1].breaker.state(), State::Open);
+}
+
+/// An `auto` answer from a tier that stood in for a failing one is served but not cached: once the
+/// routed tier is back, it answers the prompt (JSON and streams alike).
+#[tokio::test]
+async fn a_stand_in_tiers_answer_is_not_cached() {
+    let (m1, m2, gw) = two_upstreams(|c| {
+        c.cache.enabled = true;
+        c.resilience.max_attempts = 1;
+        c.resilience.breaker.consecutive_failures = 10;
+    })
+    .await;
+    for stream in [false, true] {
+        let mut body = chat_body("auto", if stream { "a streamed question" } else { "a question" });
+        body["stream"] = json!(stream);
+        let ask = || async {
+            let r = client()
+                .post(gw.chat_url())
+                .header("x-optiroute-tier", "cloud")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let h = |name: &str| r.headers()[name].to_str().unwrap().to_owned();
+            (h("x-optiroute-deployment"), h("x-optiroute-cache"))
+        };
+        m2.handle.push(Behavior::status(500));
+        assert_eq!(
+            ask().await,
+            ("a".into(), "miss".into()),
+            "stream {stream}: the cloud fails, local stands in"
+        );
+        assert_eq!(
+            ask().await,
+            ("b".into(), "miss".into()),
+            "stream {stream}: the cloud is back"
+        );
+        assert_eq!(
+            ask().await,
+            ("b".into(), "hit".into()),
+            "stream {stream}: its answer is cached"
+        );
+    }
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (2, 4));
+}
+
+/// A cascade that could not escalate serves the cheap answer, but does not cache it.
+#[tokio::test]
+async fn a_cheap_answer_kept_because_escalation_failed_is_not_cached() {
+    let (m1, m2, gw) = cascade_gateway(|c| {
+        c.cache.enabled = true;
+        c.resilience.max_attempts = 1;
+        c.resilience.breaker.consecutive_failures = 10;
+    })
+    .await;
+    m2.handle.push(Behavior::status(500));
+    let (dep, _, answer) = ask_pears(&gw, &m1, WRONG_WORKING).await;
+    assert_eq!((dep.as_str(), answer.as_str()), ("a", WRONG_WORKING));
+    m2.handle.push(Behavior {
+        text: Some("5 - 2 = 3. The answer is 3.".into()),
+        ..Default::default()
+    });
+    let (dep, reason, answer) = ask_pears(&gw, &m1, WRONG_WORKING).await;
+    assert_eq!(
+        (dep.as_str(), answer.as_str()),
+        ("b", "5 - 2 = 3. The answer is 3."),
+        "{reason}"
+    );
+    assert_eq!((m1.handle.hits(), m2.handle.hits()), (2, 2));
 }
 
 // --- Calibration, stickiness, cascade ---
