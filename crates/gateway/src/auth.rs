@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -50,7 +51,56 @@ impl Principal {
 }
 
 /// Key lookups by key hash (`None`: no such key), shared with [`crate::key_events`].
-pub type KeyCache = moka::future::Cache<String, Option<Arc<KeyRecord>>>;
+///
+/// A lookup races a change: a request may read a key from the store just before an admin revokes it,
+/// and insert that record after the revocation cleared the cache. Every invalidation bumps a generation,
+/// and a lookup is kept only if no invalidation happened between its store read and its insert, so a
+/// revoked key is refused from the next request on, not after the cache's TTL.
+#[derive(Clone)]
+pub struct KeyCache {
+    entries: moka::future::Cache<String, Option<Arc<KeyRecord>>>,
+    generation: Arc<AtomicU64>,
+}
+
+impl KeyCache {
+    fn new(entries: moka::future::Cache<String, Option<Arc<KeyRecord>>>) -> KeyCache {
+        KeyCache {
+            entries,
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    async fn get(&self, hash: &str) -> Option<Option<Arc<KeyRecord>>> {
+        self.entries.get(hash).await
+    }
+
+    /// Read before a store lookup; passed to [`KeyCache::insert_read_at`].
+    fn generation(&self) -> u64 {
+        self.generation.load(SeqCst)
+    }
+
+    /// Caches a store lookup that started at `generation`, unless an invalidation came in between.
+    async fn insert_read_at(&self, generation: u64, hash: String, rec: Option<Arc<KeyRecord>>) {
+        if self.generation() != generation {
+            return;
+        }
+        self.entries.insert(hash.clone(), rec).await;
+        // An invalidation between the check and the insert: take the insert back.
+        if self.generation() != generation {
+            self.entries.invalidate(&hash).await;
+        }
+    }
+
+    pub async fn invalidate(&self, hash: &str) {
+        self.generation.fetch_add(1, SeqCst);
+        self.entries.invalidate(hash).await;
+    }
+
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, SeqCst);
+        self.entries.invalidate_all();
+    }
+}
 
 /// Authentication state: whether auth is on, the master key's hash, the store and the lookup cache.
 pub struct Auth {
@@ -124,7 +174,7 @@ impl Auth {
             enabled: false,
             master: None,
             store: None,
-            cache: moka::future::Cache::new(1),
+            cache: KeyCache::new(moka::future::Cache::new(1)),
             protect_metrics: false,
             cache_ttl: Duration::ZERO,
         }
@@ -144,10 +194,12 @@ impl Auth {
             enabled: true,
             master: master.as_deref().map(sha),
             store: Some(store),
-            cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .build(),
+            cache: KeyCache::new(
+                moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(ttl.max(Duration::from_millis(1)))
+                    .build(),
+            ),
             protect_metrics: cfg.auth.protect_metrics,
             cache_ttl: ttl,
         })
@@ -190,6 +242,7 @@ impl Auth {
                 let Some(store) = &self.store else {
                     return Err(unauthorized("invalid API key"));
                 };
+                let generation = self.cache.generation();
                 let found = store.key_by_hash(&hash).await.map_err(|e| {
                     tracing::error!(error = %e, "key lookup failed");
                     ApiError::new(
@@ -200,7 +253,7 @@ impl Auth {
                     .with_code("key_store_unavailable")
                 })?;
                 let r = found.map(Arc::new);
-                self.cache.insert(hash, r.clone()).await;
+                self.cache.insert_read_at(generation, hash, r.clone()).await;
                 r
             }
         };
@@ -618,6 +671,27 @@ async fn cli_command(store: &Store, cmd: KeysCommand, json: bool) -> anyhow::Res
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn a_lookup_that_raced_an_invalidation_is_not_cached() {
+        let cache = KeyCache::new(moka::future::Cache::new(10));
+        // Undisturbed: the lookup is cached.
+        let g = cache.generation();
+        cache.insert_read_at(g, "a".into(), None).await;
+        assert!(matches!(cache.get("a").await, Some(None)));
+        // A request reads the store, the key is revoked (the cache entry dropped), then the request
+        // would cache what it read before the revocation: it must not.
+        let g = cache.generation();
+        cache.invalidate("b").await;
+        cache.insert_read_at(g, "b".into(), None).await;
+        assert!(cache.get("b").await.is_none());
+        // The same across replicas, where a notification drops everything after a reconnect.
+        let g = cache.generation();
+        cache.invalidate_all();
+        cache.insert_read_at(g, "c".into(), None).await;
+        assert!(cache.get("c").await.is_none());
+        assert!(cache.get("a").await.is_none());
+    }
 
     #[test]
     fn bearer_parsing() {
