@@ -821,6 +821,12 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
     })
 }
 
+/// A live stream stops counting as in flight (the deployment's count and the gauge).
+fn leave_in_flight(st: &AppState, d: &crate::state::Deployment) {
+    d.in_flight.fetch_sub(1, Relaxed);
+    st.metrics.in_flight.dec();
+}
+
 /// State of a live stream being forwarded. Its `Drop` settles a stream the client abandoned.
 struct LiveStream {
     st: SharedState,
@@ -956,8 +962,7 @@ impl LiveStream {
         out.push(Bytes::from_static(sse::DONE));
         // Before the store's await: a client that leaves during it drops this future, and `done`
         // already tells `Drop` that the stream was settled.
-        d.in_flight.fetch_sub(1, Relaxed);
-        st.metrics.in_flight.dec();
+        leave_in_flight(&st, d);
         let acc = std::mem::take(&mut self.acc);
         let completion = acc.into_completion();
         if self.cp.key.is_some() && cacheable_answer(&completion) {
@@ -1005,8 +1010,7 @@ impl LiveStream {
         if let Ok(json) = serde_json::to_vec(&api.body()) {
             out.push(sse::encode_data(&json));
         }
-        d.in_flight.fetch_sub(1, Relaxed);
-        st.metrics.in_flight.dec();
+        leave_in_flight(&st, d);
     }
 }
 
@@ -1031,8 +1035,7 @@ impl Drop for LiveStream {
         // A cancellation is the client's choice, not an error.
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, true);
-        d.in_flight.fetch_sub(1, Relaxed);
-        st.metrics.in_flight.dec();
+        leave_in_flight(&st, d);
         tracing::info!(deployment = %d.name, "client disconnected mid-stream; upstream request cancelled");
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
-use crate::store::{KeyRecord, Store, unix_now};
+use crate::store::{KeyRecord, Period, Store, unix_now};
 
 /// Rate limits are per minute.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -236,7 +236,7 @@ struct DeploymentLimit {
 pub struct Limits {
     keys: Mutex<HashMap<String, Arc<KeyState>>>,
     deployments: Vec<DeploymentLimit>,
-    pending: Mutex<HashMap<(String, crate::store::Period, i64), u64>>,
+    pending: Mutex<HashMap<(String, Period, i64), u64>>,
     store: Option<Store>,
     notify: Arc<Notify>,
     flushing: tokio::sync::Mutex<()>,
@@ -523,7 +523,7 @@ impl Limits {
         }
         let Some(store) = &self.store else { return };
         let _one_at_a_time = self.flushing.lock().await;
-        let batch: Vec<((String, crate::store::Period, i64), u64)> = lock(&self.pending).drain().collect();
+        let batch: Vec<((String, Period, i64), u64)> = lock(&self.pending).drain().collect();
         let mut failed = Vec::new();
         let mut error = None;
         for ((id, kind, period), delta) in batch {
@@ -656,7 +656,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::store::Period;
 
     fn key(rpm: Option<u64>, tpm: Option<u64>, conc: Option<u64>, budget: Option<u64>) -> Arc<KeyRecord> {
         Arc::new(KeyRecord {

@@ -76,9 +76,8 @@ pub struct Breaker {
 /// [`Breaker::failure`] or [`Breaker::release`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permit {
-    probe: bool,
-    /// The breaker's epoch when admitted.
-    epoch: u32,
+    /// For a half-open probe, the epoch it was admitted in.
+    probe: Option<u32>,
 }
 
 impl Breaker {
@@ -130,23 +129,11 @@ impl Breaker {
             });
         }
         match g.state {
-            State::Closed => (
-                Some(Permit {
-                    probe: false,
-                    epoch: g.epoch,
-                }),
-                transition,
-            ),
+            State::Closed => (Some(Permit { probe: None }), transition),
             State::HalfOpen => {
                 if g.probes_in_flight < self.cfg.half_open_probes {
                     g.probes_in_flight += 1;
-                    (
-                        Some(Permit {
-                            probe: true,
-                            epoch: g.epoch,
-                        }),
-                        transition,
-                    )
+                    (Some(Permit { probe: Some(g.epoch) }), transition)
                 } else {
                     (None, transition)
                 }
@@ -199,14 +186,14 @@ impl Breaker {
 
     /// The call ended in a way that says nothing about the upstream (client error, client gone).
     pub fn release(&self, permit: Permit) {
-        if permit.probe {
+        if permit.probe.is_some() {
             Self::end_probe(&mut self.lock(), permit);
         }
     }
 
     /// Frees a probe's slot, unless the breaker tripped since it was admitted (the slots were reset).
     fn end_probe(g: &mut Inner, permit: Permit) {
-        if permit.probe && permit.epoch == g.epoch {
+        if permit.probe == Some(g.epoch) {
             g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
         }
     }

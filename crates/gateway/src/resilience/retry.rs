@@ -104,6 +104,10 @@ where
             continue;
         }
         for attempt in 0..res.max_attempts {
+            if Instant::now() >= deadline {
+                // No time left to call: nothing is asked of the upstream, so nothing counts against it.
+                return Err(exhausted(&tried, last, plan.candidates.len(), soonest_retry, true));
+            }
             let (permit, t) = d.breaker.try_acquire();
             st.on_transition(d, t);
             let Some(permit) = permit else {
@@ -114,11 +118,6 @@ where
             };
             if attempt > 0 {
                 st.metrics.retries.get_or_create(&d.dep_label).inc();
-            }
-            if Instant::now() >= deadline {
-                // No time left to call: nothing was asked of the upstream, so nothing counts against it.
-                d.breaker.release(permit);
-                return Err(exhausted(&tried, last, plan.candidates.len(), soonest_retry, true));
             }
             let sent_at = Instant::now();
             let busy = InFlight::new(d);

@@ -20,6 +20,19 @@ async fn ask(gw: &TestGateway, body: &Value, headers: &[(&str, &str)]) -> (Strin
     (cache, r.json().await.unwrap())
 }
 
+/// Readiness of a Redis cache: polls until a repeated request (model `m`) is a hit, or `within` passes.
+async fn until_cached(gw: &TestGateway, prompt: &str, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        ask(gw, &chat_body("m", prompt), &[]).await;
+        if ask(gw, &chat_body("m", prompt), &[]).await.0 == "hit" {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -292,16 +305,10 @@ async fn redis_cache_is_shared_and_survives_redis_dying() {
     );
 
     assert!(redis.restart(), "redis restarts");
-    let mut recovered = false;
-    for _ in 0..400 {
-        ask(&a, &chat_body("m", "after"), &[]).await;
-        if ask(&a, &chat_body("m", "after"), &[]).await.0 == "hit" {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(recovered, "the cache did not recover after Redis came back");
+    assert!(
+        until_cached(&a, "after", Duration::from_secs(10)).await,
+        "the cache did not recover after Redis came back"
+    );
     let _ = Config::test_default();
 }
 
@@ -347,28 +354,10 @@ async fn a_client_leaving_while_its_stream_is_cached_leaves_no_request_in_flight
         c.cache.redis_timeout_ms = 2_000;
     })
     .await;
-    // Readiness: the cache is connected once a repeated request is a hit.
-    let mut connected = false;
-    for _ in 0..200 {
-        client()
-            .post(gw.chat_url())
-            .json(&chat_body("m", "warm"))
-            .send()
-            .await
-            .unwrap();
-        let r = client()
-            .post(gw.chat_url())
-            .json(&chat_body("m", "warm"))
-            .send()
-            .await
-            .unwrap();
-        if r.headers()["x-optiroute-cache"] == "hit" {
-            connected = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(connected);
+    assert!(
+        until_cached(&gw, "warm", Duration::from_secs(5)).await,
+        "the Redis cache never connected"
+    );
     // A slow Redis: writes wait for 3 s, reads go on.
     assert_eq!(redis.query("CLIENT PAUSE 3000 WRITE"), "+OK");
     mock.handle.push(Behavior {
