@@ -119,9 +119,20 @@ fn check_stream(u: &mut Unstructured<'_>, stops: Vec<String>) {
         let sent: String = out.iter().flat_map(|c| c.delta_text()).collect();
         assert_eq!(sent, cut(&full, &stops), "finished stream lost text");
     }
-    let finishes = out.iter().filter(|c| c.choices[0].finish_reason.is_some()).count();
+    // A finished stream may close with one usage chunk that has no choices (OpenAI's
+    // `include_usage` shape); it carries exactly the counts the translator reports.
+    let mut chunks = &out[..];
+    if let Some((last, rest)) = out.split_last() {
+        if last.choices.is_empty() {
+            assert!(done, "usage chunk before the end: {out:?}");
+            assert_eq!(last.usage, t.usage(), "usage chunk disagrees with usage()");
+            assert!(last.usage.is_some(), "empty chunk without usage");
+            chunks = rest;
+        }
+    }
+    let finishes = chunks.iter().filter(|c| c.choices[0].finish_reason.is_some()).count();
     assert_eq!(finishes, usize::from(done), "{out:?}");
-    for (i, c) in out.iter().enumerate() {
+    for (i, c) in chunks.iter().enumerate() {
         assert_eq!(c.choices.len(), 1);
         assert_eq!(
             c.choices[0].delta.role.is_some(),

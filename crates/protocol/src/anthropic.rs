@@ -4,7 +4,8 @@
 //! Wire facts this module relies on (Anthropic's public API reference):
 //! - the system prompt is a top-level `system` field, not a message; `messages` alternate
 //!   `user`/`assistant`, each with a string or a list of content blocks;
-//! - `max_tokens` is required; `temperature` is 0..1; stop strings are `stop_sequences`;
+//! - `max_tokens` is required; `temperature` is 0..1; stop strings are `stop_sequences`, and a
+//!   whitespace-only one is rejected with 400 (those are applied here instead: [`local_stops`]);
 //! - images are `{"type":"image","source":{"type":"base64","media_type","data"}}` or a `url` source;
 //! - tool calls are `tool_use` blocks `{id, name, input}` in assistant turns, answered by
 //!   `tool_result` blocks `{tool_use_id, content}` in the next user turn;
@@ -21,8 +22,8 @@ use serde_json::{Map, Value, json};
 use crate::openai::{ChatChunk, ChatCompletion, ChatRequest, Choice, Content, ContentPart, Extra, Message, Usage};
 use crate::sse::SseEvent;
 use crate::translate::{
-    TranslateError, finish_chunk, get_str, get_u64, parse_data_url, role_chunk, stop_list, tool_call, tool_call_chunk,
-    unix_now, usage,
+    StopCutter, TranslateError, finish_chunk, get_str, get_u64, parse_data_url, role_chunk, stop_list, tool_call,
+    tool_call_chunk, unix_now, usage,
 };
 
 /// The `anthropic-version` header value the translation targets.
@@ -137,7 +138,10 @@ pub fn to_request(req: &ChatRequest, upstream_model: &str, default_max_tokens: u
     if let Some(k) = req.extra.get("top_k").and_then(Value::as_u64) {
         body.insert("top_k".into(), Value::from(k));
     }
-    let stops = stop_list(req.stop.as_ref());
+    let stops: Vec<String> = stop_list(req.stop.as_ref())
+        .into_iter()
+        .filter(|s| !is_blank(s))
+        .collect();
     if !stops.is_empty() {
         body.insert("stop_sequences".into(), Value::from(stops));
     }
@@ -588,6 +592,43 @@ pub fn from_response(body: &[u8], requested_model: &str) -> Result<ChatCompletio
     from_response_at(body, requested_model, unix_now())
 }
 
+fn is_blank(stop: &str) -> bool {
+    stop.trim().is_empty()
+}
+
+/// The request's stop strings Anthropic refuses (whitespace-only ones, such as `"\n"`): they are
+/// left out of `stop_sequences` and the gateway cuts the answer at them itself
+/// ([`from_response_cut`], [`StreamTranslator::with_local_stops`]). The upstream then generates
+/// (and bills) past the stop; the client sees what an OpenAI model would have returned.
+pub fn local_stops(req: &ChatRequest) -> Vec<String> {
+    stop_list(req.stop.as_ref())
+        .into_iter()
+        .filter(|s| is_blank(s))
+        .collect()
+}
+
+/// [`from_response`] that also cuts the text at the first of `stops` (pass [`local_stops`]): a
+/// cut answer finishes with `stop`, and tool calls the model made after that point are dropped.
+pub fn from_response_cut(
+    body: &[u8],
+    requested_model: &str,
+    stops: Vec<String>,
+) -> Result<ChatCompletion, TranslateError> {
+    let mut c = from_response(body, requested_model)?;
+    let cutter = StopCutter::new(stops);
+    if let Some(choice) = c.choices.first_mut() {
+        let cut = match &mut choice.message.content {
+            Some(Content::Text(t)) => cutter.cut(t),
+            _ => false,
+        };
+        if cut {
+            choice.message.tool_calls = None;
+            choice.finish_reason = Some("stop".to_owned());
+        }
+    }
+    Ok(c)
+}
+
 /// [`from_response`] with an explicit `created` timestamp (Anthropic responses carry none).
 pub fn from_response_at(body: &[u8], requested_model: &str, created: u64) -> Result<ChatCompletion, TranslateError> {
     let v: Value = serde_json::from_slice(body)
@@ -665,6 +706,8 @@ pub struct StreamTranslator {
     completion_tokens: u64,
     /// (Anthropic content-block index, OpenAI tool-call index) of the tool_use blocks seen.
     tool_blocks: Vec<(u64, u32)>,
+    /// Stop strings applied here ([`local_stops`]); everything after a match is dropped.
+    stops: StopCutter,
 }
 
 impl StreamTranslator {
@@ -680,6 +723,28 @@ impl StreamTranslator {
             cached_tokens: 0,
             completion_tokens: 0,
             tool_blocks: Vec::new(),
+            stops: StopCutter::default(),
+        }
+    }
+
+    /// Stop strings the gateway applies itself (pass [`local_stops`] of the request).
+    pub fn with_local_stops(mut self, stops: Vec<String>) -> Self {
+        self.stops = StopCutter::new(stops);
+        self
+    }
+
+    fn push_text(&mut self, text: &str, out: &mut Vec<ChatChunk>) {
+        let emit = self.stops.push(text);
+        if !emit.is_empty() {
+            out.push(ChatChunk::content(&self.id, self.created, &self.model, &emit));
+        }
+    }
+
+    /// Releases held-back text before output that is not text (a tool call, the finish).
+    fn flush_text(&mut self, out: &mut Vec<ChatChunk>) {
+        let held = self.stops.flush();
+        if !held.is_empty() {
+            out.push(ChatChunk::content(&self.id, self.created, &self.model, &held));
         }
     }
 
@@ -756,13 +821,11 @@ impl StreamTranslator {
                 let index = get_u64(&v, "index").unwrap_or(0);
                 let block = v.get("content_block").unwrap_or(&Value::Null);
                 match get_str(block, "type") {
-                    Some("text") => {
-                        let text = get_str(block, "text").unwrap_or("");
-                        if !text.is_empty() {
-                            out.push(ChatChunk::content(&self.id, self.created, &self.model, text));
-                        }
-                    }
+                    Some("text") => self.push_text(get_str(block, "text").unwrap_or(""), out),
+                    // A model that met a local stop string would not have called the tool.
+                    Some("tool_use") if self.stops.is_stopped() => {}
                     Some("tool_use") => {
+                        self.flush_text(out);
                         let call = u32::try_from(self.tool_blocks.len()).unwrap_or(u32::MAX);
                         self.tool_blocks.push((index, call));
                         out.push(tool_call_chunk(
@@ -796,12 +859,7 @@ impl StreamTranslator {
                 let index = get_u64(&v, "index").unwrap_or(0);
                 let delta = v.get("delta").unwrap_or(&Value::Null);
                 match get_str(delta, "type") {
-                    Some("text_delta") => {
-                        let text = get_str(delta, "text").unwrap_or("");
-                        if !text.is_empty() {
-                            out.push(ChatChunk::content(&self.id, self.created, &self.model, text));
-                        }
-                    }
+                    Some("text_delta") => self.push_text(get_str(delta, "text").unwrap_or(""), out),
                     Some("input_json_delta") => {
                         let part = get_str(delta, "partial_json").unwrap_or("");
                         let call = self.tool_blocks.iter().find(|(b, _)| *b == index).map(|(_, c)| *c);
@@ -819,11 +877,18 @@ impl StreamTranslator {
                     self.absorb_usage(u);
                 }
                 if let Some(reason) = v.get("delta").and_then(|d| get_str(d, "stop_reason")) {
-                    out.push(finish_chunk(&self.id, self.created, &self.model, finish_reason(reason)));
+                    self.flush_text(out);
+                    let reason = if self.stops.is_stopped() {
+                        "stop"
+                    } else {
+                        finish_reason(reason)
+                    };
+                    out.push(finish_chunk(&self.id, self.created, &self.model, reason));
                 }
             }
             "message_stop" => {
                 self.finished = true;
+                self.flush_text(out);
                 // Like OpenAI with `include_usage`: a closing chunk with no choices and the usage.
                 if let Some(u) = self.usage() {
                     let mut c = ChatChunk::new(&self.id, self.created, &self.model);
@@ -1709,5 +1774,114 @@ data: {\"type\":\"message_stop\"}\n\n";
              data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":10,\"output_tokens\":7}}\n\n",
         );
         assert_eq!(t.usage(), Some(Usage::new(15, 7)));
+    }
+
+    // ---- stop strings Anthropic refuses ---------------------------------------------------
+
+    /// A stream whose text arrives as `deltas`, then a tool call if the stop reason is `tool_use`.
+    fn text_stream(deltas: &[&str], stop_reason: &str) -> String {
+        let mut s = String::from(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+        );
+        for d in deltas {
+            let ev = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}});
+            s.push_str(&format!("event: content_block_delta\ndata: {ev}\n\n"));
+        }
+        if stop_reason == "tool_use" {
+            let start = json!({"type": "content_block_start", "index": 1,
+                "content_block": {"type": "tool_use", "id": "t1", "name": "f", "input": {}}});
+            let delta = json!({"type": "content_block_delta", "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": "{\"a\":1}"}});
+            s.push_str(&format!(
+                "event: content_block_start\ndata: {start}\n\nevent: content_block_delta\ndata: {delta}\n\n"
+            ));
+        }
+        let end =
+            json!({"type": "message_delta", "delta": {"stop_reason": stop_reason}, "usage": {"output_tokens": 40}});
+        s.push_str(&format!(
+            "event: message_delta\ndata: {end}\n\nevent: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+        ));
+        s
+    }
+
+    fn run_with_stops(text: &str, stops: &[&str]) -> (String, Vec<Option<String>>, usize, StreamTranslator) {
+        let mut t =
+            StreamTranslator::new(1, "claude").with_local_stops(stops.iter().map(|s| (*s).to_owned()).collect());
+        let mut chunks = Vec::new();
+        for ev in events(text) {
+            t.on_event(&ev, &mut chunks).unwrap();
+        }
+        let content = chunks.iter().flat_map(|c| c.delta_text()).collect();
+        let finishes = chunks
+            .iter()
+            .flat_map(|c| c.choices.iter().map(|ch| ch.finish_reason.clone()))
+            .filter(Option::is_some)
+            .collect();
+        let calls = chunks
+            .iter()
+            .flat_map(|c| c.choices.iter())
+            .filter(|ch| ch.delta.tool_calls.is_some())
+            .count();
+        (content, finishes, calls, t)
+    }
+
+    #[test]
+    fn whitespace_only_stops_are_not_sent_but_kept_for_the_gateway() {
+        let r = req(
+            json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}],
+                           "stop": ["\n", "END", " \t", ""]}),
+        );
+        let body = to_request(&r, "claude-sonnet-4-5", 1024).unwrap();
+        assert_eq!(body["stop_sequences"], json!(["END"]));
+        assert_eq!(local_stops(&r), vec!["\n".to_owned(), " \t".to_owned()]);
+        let only_blank = req(json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}], "stop": "\n"}));
+        let body = to_request(&only_blank, "claude-sonnet-4-5", 1024).unwrap();
+        assert!(body.get("stop_sequences").is_none(), "{body}");
+    }
+
+    #[test]
+    fn whole_response_is_cut_at_a_local_stop() {
+        let body = br#"{"id":"m","type":"message","role":"assistant",
+            "content":[{"type":"text","text":"first line\nsecond line"},
+                       {"type":"tool_use","id":"t1","name":"f","input":{}}],
+            "stop_reason":"tool_use","usage":{"input_tokens":5,"output_tokens":40}}"#;
+        let cut = from_response_cut(body, "claude", vec!["\n".into()]).unwrap();
+        let choice = &cut.choices[0];
+        assert_eq!(choice.message.content, Some(Content::Text("first line".into())));
+        assert_eq!(choice.message.tool_calls, None);
+        assert_eq!(choice.finish_reason.as_deref(), Some("stop"));
+        // The upstream billed all 40 tokens: the ledger must see them.
+        assert_eq!(cut.usage, Some(Usage::new(5, 40)));
+        // No match: the answer is untouched.
+        let kept = from_response_cut(body, "claude", vec!["\n\n".into()]).unwrap();
+        assert_eq!(kept.choices, from_response(body, "claude").unwrap().choices);
+    }
+
+    #[test]
+    fn stream_is_cut_at_a_local_stop_split_across_deltas() {
+        let (text, finishes, calls, t) =
+            run_with_stops(&text_stream(&["one\n", "\ntwo", " three"], "max_tokens"), &["\n\n"]);
+        assert_eq!(text, "one");
+        assert_eq!(finishes, vec![Some("stop".to_owned())]);
+        assert_eq!(calls, 0);
+        assert_eq!(t.usage(), Some(Usage::new(5, 40)));
+    }
+
+    #[test]
+    fn held_back_text_is_released_when_no_stop_follows() {
+        // "one\n" may begin "\n\n": held, then released by the next delta or by the end.
+        let (text, finishes, _, _) = run_with_stops(&text_stream(&["one\n", "two\n"], "max_tokens"), &["\n\n"]);
+        assert_eq!(text, "one\ntwo\n");
+        assert_eq!(finishes, vec![Some("length".to_owned())]);
+    }
+
+    #[test]
+    fn tool_call_after_a_local_stop_is_dropped_and_before_one_is_kept() {
+        let (text, finishes, calls, _) = run_with_stops(&text_stream(&["calling\nnow"], "tool_use"), &["\n"]);
+        assert_eq!((text.as_str(), calls), ("calling", 0));
+        assert_eq!(finishes, vec![Some("stop".to_owned())]);
+        let (text, finishes, calls, _) = run_with_stops(&text_stream(&["calling now"], "tool_use"), &["\n"]);
+        assert_eq!((text.as_str(), calls), ("calling now", 2));
+        assert_eq!(finishes, vec![Some("tool_calls".to_owned())]);
     }
 }

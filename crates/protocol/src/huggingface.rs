@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::openai::{ChatChunk, ChatCompletion, ChatRequest, Choice, Content, Extra, Message, Usage};
 use crate::sse::SseEvent;
-use crate::translate::{TranslateError, finish_chunk, get_str, get_u64, role_chunk, stop_list, usage};
+use crate::translate::{StopCutter, TranslateError, finish_chunk, get_str, get_u64, role_chunk, stop_list, usage};
 
 /// TGI's default `--max-stop-sequences`: the template's own stop strings are only added while
 /// the total stays within it.
@@ -326,9 +326,7 @@ impl Generation {
 
     /// Cuts the text at the first stop string, as OpenAI clients expect (TGI keeps it).
     pub fn strip_stop_sequences(&mut self, stops: &[String]) {
-        if let Some(pos) = first_stop(&self.text, stops) {
-            self.text.truncate(pos);
-        }
+        StopCutter::new(stops.to_vec()).cut(&mut self.text);
     }
 
     pub fn into_completion(self, requested_model: &str, id: &str, created: u64) -> ChatCompletion {
@@ -418,34 +416,6 @@ pub fn from_response_with_stops(
     Ok((g.into_completion(requested_model, id, created), counts))
 }
 
-/// Byte offset of the earliest occurrence of any of `stops` in `text`.
-fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
-    stops
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.find(s.as_str()))
-        .min()
-}
-
-/// Length of the longest suffix of `text` that is a proper prefix of one of `stops`
-/// (text that may turn out to be the start of a stop string and must be held back).
-fn held_suffix_len(text: &str, stops: &[String]) -> usize {
-    let mut best = 0;
-    for s in stops {
-        let max = s.len().saturating_sub(1).min(text.len());
-        for (start, _) in text.char_indices().rev() {
-            let len = text.len() - start;
-            if len > max {
-                break;
-            }
-            if s.starts_with(&text[start..]) {
-                best = best.max(len);
-            }
-        }
-    }
-    best
-}
-
 /// Turns `/generate_stream` events into OpenAI chunks.
 ///
 /// With [`StreamTranslator::with_stop_sequences`] the translator holds back text that may be the
@@ -455,10 +425,7 @@ pub struct StreamTranslator {
     id: String,
     created: u64,
     model: String,
-    stops: Vec<String>,
-    /// Text received but not yet emitted (a possible stop-string prefix).
-    pending: String,
-    stopped: bool,
+    stops: StopCutter,
     started: bool,
     finished: bool,
     counts: TokenCounts,
@@ -471,9 +438,7 @@ impl StreamTranslator {
             id: id.to_owned(),
             created,
             model: requested_model.to_owned(),
-            stops: Vec::new(),
-            pending: String::new(),
-            stopped: false,
+            stops: StopCutter::default(),
             started: false,
             finished: false,
             counts: TokenCounts::default(),
@@ -483,7 +448,7 @@ impl StreamTranslator {
 
     /// Stop strings to cut the text at (pass [`stop_sequences`] of the request).
     pub fn with_stop_sequences(mut self, stops: Vec<String>) -> Self {
-        self.stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
+        self.stops = StopCutter::new(stops);
         self
     }
 
@@ -550,28 +515,15 @@ impl StreamTranslator {
     }
 
     fn push_text(&mut self, text: &str, out: &mut Vec<ChatChunk>) {
-        if self.stopped || text.is_empty() {
-            return;
-        }
-        self.pending.push_str(text);
-        if let Some(pos) = first_stop(&self.pending, &self.stops) {
-            self.pending.truncate(pos);
-            self.stopped = true;
-            self.flush(out);
-            return;
-        }
-        let keep = held_suffix_len(&self.pending, &self.stops);
-        let emit = self.pending.len() - keep;
-        if emit > 0 {
-            let rest = self.pending.split_off(emit);
-            let chunk = std::mem::replace(&mut self.pending, rest);
-            out.push(ChatChunk::content(&self.id, self.created, &self.model, &chunk));
+        let emit = self.stops.push(text);
+        if !emit.is_empty() {
+            out.push(ChatChunk::content(&self.id, self.created, &self.model, &emit));
         }
     }
 
     fn flush(&mut self, out: &mut Vec<ChatChunk>) {
-        if !self.pending.is_empty() {
-            let chunk = std::mem::take(&mut self.pending);
+        let chunk = self.stops.flush();
+        if !chunk.is_empty() {
             out.push(ChatChunk::content(&self.id, self.created, &self.model, &chunk));
         }
     }
@@ -582,7 +534,7 @@ impl StreamTranslator {
             out.push(role_chunk(&self.id, self.created, &self.model));
         }
         self.flush(out);
-        let reason = if self.stopped {
+        let reason = if self.stops.is_stopped() {
             "stop"
         } else {
             tgi_reason.map_or("stop", finish_reason)
@@ -1073,6 +1025,7 @@ data:{\"index\":4,\"token\":{\"id\":2,\"text\":\"</s>\",\"logprob\":-0.01,\"spec
 
     #[test]
     fn held_suffix_respects_char_boundaries() {
+        use crate::translate::held_suffix_len;
         let stops = vec!["éé!".to_owned()];
         assert_eq!(held_suffix_len("abcé", &stops), 'é'.len_utf8());
         assert_eq!(held_suffix_len("abcéé", &stops), 2 * 'é'.len_utf8());

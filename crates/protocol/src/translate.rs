@@ -98,6 +98,97 @@ pub fn stop_list(stop: Option<&crate::openai::Stop>) -> Vec<String> {
         .collect()
 }
 
+/// Cuts generated text at the first of a set of stop strings, for upstreams that do not (or may
+/// not be asked to) stop there themselves. Streamed text is held back while its tail may still turn
+/// out to be the start of a stop string; the matched stop string itself is never emitted.
+#[derive(Debug, Clone, Default)]
+pub struct StopCutter {
+    stops: Vec<String>,
+    /// Text taken in but not yet released (a possible stop-string prefix).
+    pending: String,
+    stopped: bool,
+}
+
+impl StopCutter {
+    pub fn new(stops: Vec<String>) -> Self {
+        StopCutter {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            pending: String::new(),
+            stopped: false,
+        }
+    }
+
+    /// Whether a stop string was met: all text after it is dropped.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Takes in a piece of streamed text and returns what can be released now (possibly empty).
+    /// Without stop strings the text passes through as is, with no copy.
+    pub fn push<'a>(&mut self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        if self.stopped {
+            return Cow::Borrowed("");
+        }
+        if self.stops.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        self.pending.push_str(text);
+        if let Some(pos) = first_stop(&self.pending, &self.stops) {
+            self.pending.truncate(pos);
+            self.stopped = true;
+            return Cow::Owned(std::mem::take(&mut self.pending));
+        }
+        let emit = self.pending.len() - held_suffix_len(&self.pending, &self.stops);
+        let rest = self.pending.split_off(emit);
+        Cow::Owned(std::mem::replace(&mut self.pending, rest))
+    }
+
+    /// Releases the held-back text (at the end of the text, or before output that is not text).
+    pub fn flush(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Cuts a whole text at the first stop string; `true` if one was found.
+    pub fn cut(&self, text: &mut String) -> bool {
+        match first_stop(text, &self.stops) {
+            Some(pos) => {
+                text.truncate(pos);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Byte offset of the earliest occurrence of any of `stops` in `text`.
+fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of one of `stops`
+/// (text that may turn out to be the start of a stop string and must be held back).
+pub(crate) fn held_suffix_len(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        let max = s.len().saturating_sub(1).min(text.len());
+        for (start, _) in text.char_indices().rev() {
+            let len = text.len() - start;
+            if len > max {
+                break;
+            }
+            if s.starts_with(&text[start..]) {
+                best = best.max(len);
+            }
+        }
+    }
+    best
+}
+
 /// Seconds since the Unix epoch, for `created` fields (0 if the clock is before 1970).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

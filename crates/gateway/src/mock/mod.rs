@@ -452,6 +452,18 @@ async fn anthropic(State(h): State<MockHandle>, headers: HeaderMap, body: Bytes)
             b.retry_after_secs,
         );
     }
+    // The Messages API refuses whitespace-only stop sequences.
+    let blank_stop = req["stop_sequences"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|s| s.as_str().is_some_and(|s| s.trim().is_empty())));
+    if blank_stop {
+        let msg = "stop_sequences: each stop sequence must contain non-whitespace";
+        return error_response(
+            400,
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": msg}}),
+            None,
+        );
+    }
     let model = req["model"].as_str().unwrap_or("mock").to_owned();
     let text = reply_text(&b, &last_user_text(&req["messages"]));
     let input_tokens = words(&req["messages"]) + words(&req["system"]);

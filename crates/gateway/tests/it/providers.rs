@@ -517,6 +517,53 @@ async fn anthropic_stream_usage_is_the_upstreams() {
 }
 
 #[tokio::test]
+async fn anthropic_whitespace_stop_is_applied_by_the_gateway() {
+    // Anthropic answers 400 to `stop_sequences: ["\n"]`; OpenAI clients send it all the time.
+    let (mock, gw) = setup(ProviderKind::Anthropic).await;
+    for stream in [false, true] {
+        mock.handle.push(Behavior {
+            text: Some("First line.\nSecond line.".into()),
+            ..Default::default()
+        });
+        let mut req = anthropic_joke(stream);
+        req["stop"] = json!(["\n", "END"]);
+        let r = chat(&gw, &req).await;
+        assert_eq!(r.status, 200, "stream={stream}: {}", r.text);
+        let (text, finish, usage_seen) = if stream {
+            let chunks = openai_sse(&r.text);
+            let last = chunks.last().unwrap().clone();
+            (
+                text_of(&chunks),
+                finish_reasons(&chunks).concat(),
+                last["usage"].clone(),
+            )
+        } else {
+            let v = r.json();
+            let c = &v["choices"][0];
+            let finish = c["finish_reason"].as_str().unwrap_or_default().to_owned();
+            (
+                c["message"]["content"].as_str().unwrap_or_default().to_owned(),
+                finish,
+                v["usage"].clone(),
+            )
+        };
+        assert_eq!(
+            (text.as_str(), finish.as_str()),
+            ("First line.", "stop"),
+            "stream={stream}"
+        );
+        // Billed as the upstream counted: it generated both lines (3 tokens in the mock's count).
+        assert_eq!(usage_seen["completion_tokens"], 3, "stream={stream}: {usage_seen}");
+        let reqs = mock.handle.requests();
+        assert_eq!(
+            reqs.last().unwrap().body["stop_sequences"],
+            json!(["END"]),
+            "stream={stream}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn anthropic_429_keeps_retry_after() {
     let (mock, gw) = setup_with(ProviderKind::Anthropic, no_breaker).await;
     mock.handle.set_default(Behavior {
