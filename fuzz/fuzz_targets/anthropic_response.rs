@@ -7,7 +7,7 @@
 //! choice, a known finish reason, consistent usage and tool-call arguments that are JSON; a
 //! stream starts with exactly one role chunk, emits nothing after `message_stop` but the closing
 //! usage chunk (no choices), and numbers tool calls 0, 1, 2, ... with the id and name on each
-//! call's first fragment.
+//! call's first fragment; with a local stop string, the text sent never contains it.
 #![no_main]
 
 use arbitrary::Unstructured;
@@ -60,7 +60,12 @@ fn check_body(body: &[u8]) {
 
 fn check_stream(data: &[u8]) {
     let mut u = Unstructured::new(data);
+    // Sometimes with a stop string the gateway applies itself (Anthropic refuses blank ones).
+    let local_stop = u.arbitrary::<bool>().unwrap_or(false);
     let mut t = StreamTranslator::new(0, "m");
+    if local_stop {
+        t = t.with_local_stops(vec!["\n".into()]);
+    }
     let mut out: Vec<ChatChunk> = Vec::new();
     let mut done = false;
     while !u.is_empty() {
@@ -83,6 +88,10 @@ fn check_stream(data: &[u8]) {
         check_usage(t.usage());
     }
     assert_eq!(t.is_finished(), done);
+    if local_stop {
+        let sent: String = out.iter().flat_map(|c| c.delta_text()).collect();
+        assert!(!sent.contains('\n'), "local stop string sent: {sent:?}");
+    }
 
     let mut next_call = 0u64;
     let mut seen_choice = false;

@@ -224,6 +224,8 @@ impl CachePlan {
     }
 }
 
+/// Looks the request up in the cache and counts a hit; a miss is counted once its outcome is known
+/// ([`count_missed_lookup`]).
 async fn lookup(st: &AppState, cp: &CachePlan) -> Option<Arc<CachedResponse>> {
     let key = cp.key.as_ref().filter(|_| cp.lookup)?;
     match st.cache.get(key).await {
@@ -242,10 +244,23 @@ async fn lookup(st: &AppState, cp: &CachePlan) -> Option<Arc<CachedResponse>> {
                     })
                     .inc();
             }
-            st.metrics.hot.cache_miss.inc();
-            st.ledger.cache_misses.fetch_add(1, Relaxed);
             None
         }
+    }
+}
+
+/// Counts a lookup that missed: `coalesced` when an identical request in flight answered it, else
+/// `miss` (this request goes upstream). Every lookup is exactly one of hit, coalesced and miss.
+fn count_missed_lookup(st: &AppState, cp: &CachePlan, coalesced: bool) {
+    if cp.key.is_none() || !cp.lookup {
+        return;
+    }
+    if coalesced {
+        st.metrics.hot.cache_coalesced.inc();
+        st.ledger.coalesced.fetch_add(1, Relaxed);
+    } else {
+        st.metrics.hot.cache_miss.inc();
+        st.ledger.cache_misses.fetch_add(1, Relaxed);
     }
 }
 
@@ -402,6 +417,7 @@ async fn complete_planned(
         Some(key) => match st.coalescer.join(key) {
             Flight::Follower(rx) => {
                 if let Some(v) = follow(rx, deadline).await {
+                    count_missed_lookup(st, &cp, true);
                     let meta = hit_meta(st, &v, &plan, started);
                     crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
                     return Ok((v.completion.clone(), meta));
@@ -414,6 +430,7 @@ async fn complete_planned(
         },
         None => None,
     };
+    count_missed_lookup(st, &cp, false);
     record_decision(st, &plan);
     let mut call = call_json(st, &plan, req, deadline).await?;
     let mut upstream = call.upstream;
@@ -678,6 +695,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         Some(key) => match Coalescer::join_owned(st, key) {
             OwnedFlight::Follower(rx) => {
                 if let Some(v) = follow(rx, deadline).await {
+                    count_missed_lookup(st, &cp, true);
                     let meta = hit_meta(st, &v, &plan, started);
                     st.ledger
                         .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
@@ -694,6 +712,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         },
         None => None,
     };
+    count_missed_lookup(st, &cp, false);
     record_decision(st, &plan);
     // Start the stream and wait for its first chunk inside the resilience loop: a stream that fails
     // before its first byte is retried or falls back like any call.

@@ -39,6 +39,8 @@ pub struct Ledger {
     pub errors: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// Lookups that missed but were answered by an identical request already in flight.
+    pub coalesced: AtomicU64,
     pub cost: AtomicU64,
     pub saved_cache: AtomicU64,
     pub saved_routing: AtomicU64,
@@ -76,6 +78,7 @@ impl Ledger {
             errors: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
             cost: AtomicU64::new(0),
             saved_cache: AtomicU64::new(0),
             saved_routing: AtomicU64::new(0),
@@ -150,6 +153,8 @@ impl Ledger {
     pub fn stats_json(&self, st: &AppState) -> Value {
         let hits = self.cache_hits.load(Relaxed);
         let misses = self.cache_misses.load(Relaxed);
+        let coalesced = self.coalesced.load(Relaxed);
+        let lookups = hits + misses + coalesced;
         let [p50, p95, p99] = self
             .latency
             .quantiles([0.5, 0.95, 0.99])
@@ -203,7 +208,8 @@ impl Ledger {
             "cache": {
                 "hits": hits,
                 "misses": misses,
-                "hit_rate": if hits + misses > 0 { hits as f64 / (hits + misses) as f64 } else { 0.0 },
+                "coalesced": coalesced,
+                "hit_rate": if lookups > 0 { hits as f64 / lookups as f64 } else { 0.0 },
                 "backend": st.cache.backend_name(),
             },
             "cost_usd": Nanos(self.cost.load(Relaxed)).as_usd(),

@@ -122,6 +122,7 @@ pub struct Metrics {
 pub struct HotSeries {
     pub cache_hit: Counter,
     pub cache_miss: Counter,
+    pub cache_coalesced: Counter,
     pub saved_cache: FloatCounter,
     pub saved_routing: FloatCounter,
     /// `POST` with status 200 on the two completion endpoints: (requests, duration).
@@ -152,11 +153,12 @@ impl HotSeries {
         };
         let event = |event_type| cache_events.get_or_create(&EventType { event_type }).clone();
         let saved = |reason| saved_usd.get_or_create(&Reason { reason }).clone();
-        let (cache_hit, cache_miss) = (event("hit"), event("miss"));
+        let (cache_hit, cache_miss, cache_coalesced) = (event("hit"), event("miss"), event("coalesced"));
         let (saved_cache, saved_routing) = (saved("cache"), saved("routing"));
         HotSeries {
             cache_hit,
             cache_miss,
+            cache_coalesced,
             saved_cache,
             saved_routing,
             chat_ok: ok("/v1/chat/completions"),

@@ -208,6 +208,12 @@ async fn fifty_concurrent_identical_requests_make_one_upstream_call() {
     }
     assert_eq!(mock.handle.hits(), 1);
     assert!(texts.iter().all(|t| t == &texts[0]));
+    // One lookup went upstream; the others were answered by it, in flight or from the cache.
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let l = &gw.state.ledger;
+    assert_eq!(count(&l.cache_misses), 1);
+    assert_eq!(count(&l.coalesced) + count(&l.cache_hits), 49);
+    assert!(count(&l.coalesced) > 0, "no follower was coalesced");
     // Streams coalesce too (followers wait for the complete answer and get it replayed).
     let mut sbody = chat_body("m", "same stream");
     sbody["stream"] = json!(true);
