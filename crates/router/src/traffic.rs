@@ -18,7 +18,8 @@
 //! - the head the row says nothing about gets the base model's own prediction as a soft label, so
 //!   training on traffic does not pull it anywhere.
 //!
-//! Rows with neither feedback nor an escalation, without features (cache hits, `log_features` off),
+//! A cache hit replays an answer: it is a row only when rated (a replayed escalation is not exported as
+//! another escalation). Rows with neither feedback nor an escalation, without features (`log_features` off),
 //! or not served in full (status other than 200) are skipped; rows whose features come from another
 //! [`FEATURE_VERSION`] or another hash configuration than the base weights are rejected and counted.
 

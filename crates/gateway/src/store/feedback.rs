@@ -113,6 +113,7 @@ where
     let tier: Option<String> = row.try_get("tier")?;
     let route_reason: String = row.try_get("route_reason")?;
     let features: Option<String> = row.try_get("features")?;
+    let cache: String = row.try_get("cache_status")?;
     let score: Option<i64> = row.try_get("score_micros")?;
     let feedback = match score {
         Some(s) => Some(Feedback {
@@ -130,9 +131,10 @@ where
         deployment: row.try_get("deployment")?,
         strong_tier: tier.is_some() && tier.as_deref() == strong_tier,
         tier,
-        cascade_escalated: route_reason.starts_with(CASCADE_REASON_PREFIX),
+        // A cache hit replays an escalated answer with its route reason; the check ran once.
+        cascade_escalated: route_reason.starts_with(CASCADE_REASON_PREFIX) && cache != "hit",
         route_reason,
-        cache: row.try_get("cache_status")?,
+        cache,
         status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
         latency_us: u(row.try_get("latency_us")?),
         prompt_tokens: u(row.try_get("prompt_tokens")?),
@@ -150,7 +152,7 @@ pub async fn export(store: &Store, opts: &ExportOptions, out: &mut impl Write) -
     let mut sql = EXPORT.to_owned();
     if opts.labelled {
         sql.push_str(&format!(
-            " AND (f.score_micros IS NOT NULL OR r.route_reason LIKE '{CASCADE_REASON_PREFIX}%')"
+            " AND (f.score_micros IS NOT NULL OR (r.route_reason LIKE '{CASCADE_REASON_PREFIX}%' AND r.cache_status <> 'hit'))"
         ));
     }
     sql.push_str(" ORDER BY r.at_ms, r.request_id");

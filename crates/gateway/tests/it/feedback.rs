@@ -530,8 +530,13 @@ async fn a_cascade_escalation_is_exported_and_labelled() {
     cfg.routing.log_features = true;
     let gw = TestGateway::start(cfg).await;
     let body = cascade_scenario(&m1, &m2);
-    let (s, id, tier) = chat(&gw, None, body, &[]).await;
+    let (s, id, tier) = chat(&gw, None, body.clone(), &[]).await;
     assert_eq!((s, tier.as_str()), (200, "cloud"));
+    // The same prompt again is a cache hit of the escalated answer: it carries the escalation's
+    // route reason but is no second escalation (one label per checked answer, not per replay).
+    let (s, _, _) = chat(&gw, None, body, &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(gw.state.ledger.cache_hits.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(gw.state.request_log.flush(Duration::from_secs(10)).await);
     let mut out = Vec::new();
     let opts = ExportOptions {
