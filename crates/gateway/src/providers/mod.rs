@@ -235,12 +235,17 @@ fn http_client(cfg: &ProviderConfig) -> Result<HttpClient, String> {
 
 impl Upstream {
     fn new(cfg: &ProviderConfig, auth: Auth) -> Result<Upstream, String> {
-        let base_url = cfg
+        let mut base_url = cfg
             .base_url
             .clone()
             .ok_or_else(|| format!("provider `{}` needs base_url", cfg.name))?
             .trim_end_matches('/')
             .to_owned();
+        // Anthropic's base URL is the host (the SDKs append `/v1/messages`), but OpenAI-style configs
+        // carry `/v1`: take both rather than call `/v1/v1/messages`.
+        if cfg.kind == ProviderKind::Anthropic && base_url.ends_with("/v1") {
+            base_url.truncate(base_url.len() - "/v1".len());
+        }
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(

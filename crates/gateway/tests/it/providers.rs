@@ -564,6 +564,19 @@ async fn anthropic_whitespace_stop_is_applied_by_the_gateway() {
 }
 
 #[tokio::test]
+async fn anthropic_base_url_may_end_in_v1() {
+    let mock = MockServer::start(0).await.unwrap();
+    let cfg = common::config_with(
+        &[("up", ProviderKind::Anthropic, &format!("{}/v1/", mock.url()))],
+        &[("m", "up", upstream_model(ProviderKind::Anthropic), "cloud")],
+    );
+    let gw = TestGateway::start(cfg).await;
+    let r = chat(&gw, &anthropic_joke(false)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(only_request(&mock).path, "/v1/messages");
+}
+
+#[tokio::test]
 async fn anthropic_429_keeps_retry_after() {
     let (mock, gw) = setup_with(ProviderKind::Anthropic, no_breaker).await;
     mock.handle.set_default(Behavior {
