@@ -165,12 +165,8 @@ impl Ledger {
             .iter()
             .map(|&(t, requests, cost)| json!({"t": t, "requests": requests, "cost_usd": Nanos(cost).as_usd()}))
             .collect();
-        // Requests in the last two full slots plus the current one.
-        let since = now.saturating_sub(2 * SLOT_SECS);
-        let recent: u64 = slots.iter().filter(|s| s.0 + SLOT_SECS > since).map(|s| s.1).sum();
-        let window = (now - now % SLOT_SECS).saturating_sub(now.saturating_sub(2 * SLOT_SECS)) + (now % SLOT_SECS) + 1;
         let uptime = self.started.elapsed().as_secs_f64();
-        let rps = recent as f64 / (window as f64).min(uptime.max(1.0));
+        let rps = requests_per_s(&slots, now, uptime);
         let saved_cache = Nanos(self.saved_cache.load(Relaxed));
         let saved_routing = Nanos(self.saved_routing.load(Relaxed));
         let deployments: Vec<Value> = st
@@ -225,6 +221,16 @@ impl Ledger {
     }
 }
 
+/// The request rate over the last two full slots plus the current one (`slots` as from
+/// [`Ledger::history`]): those hold the requests of the `2 * SLOT_SECS` seconds before the current
+/// slot and of its elapsed seconds, `now`'s included. Over the uptime instead, when that is shorter.
+fn requests_per_s(slots: &[(u64, u64, u64)], now: u64, uptime: f64) -> f64 {
+    let since = now.saturating_sub(2 * SLOT_SECS);
+    let recent: u64 = slots.iter().filter(|s| s.0 + SLOT_SECS > since).map(|s| s.1).sum();
+    let window = 2 * SLOT_SECS + now % SLOT_SECS + 1;
+    recent as f64 / (window as f64).min(uptime.max(1.0))
+}
+
 fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -260,6 +266,22 @@ mod tests {
         assert_eq!(l.history(later + SLOT_SECS * 200), []);
         let ms = l.latency.quantiles([0.5])[0].unwrap() * 1000.0;
         assert!((2.0..2.05).contains(&ms), "{ms}"); // of 1, 1, 2, 3, 4 and 5 ms
+    }
+
+    #[test]
+    fn requests_per_s_is_exact_for_a_constant_rate_at_every_point_of_a_slot() {
+        let l = ledger();
+        let t0 = 1_700_000_000; // a multiple of 5
+        // Three requests in every second from well before the window on.
+        for now in t0 - 60..t0 + 2 * SLOT_SECS {
+            for _ in 0..3 {
+                l.record_at(now, 100, Nanos(1), true);
+            }
+            if now >= t0 {
+                let rps = requests_per_s(&l.history(now), now, 1e6);
+                assert_eq!(rps, 3.0, "at {} s into a slot", now % SLOT_SECS);
+            }
+        }
     }
 
     #[test]

@@ -296,7 +296,7 @@ impl Metrics {
         );
         r.register(
             "http_request_duration_seconds",
-            "Time to serve an HTTP request (for streams: until the last byte)",
+            "Time from receiving a request's headers until its response headers are ready: reading the request body is included, sending the response body is not (a stream is timed to its start)",
             m.http_duration.clone(),
         );
         r.register("http_requests", "HTTP requests served", m.http_requests.clone());

@@ -2,11 +2,12 @@
 //! middleware enforces that). The secret is returned once, by create.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::PathParam;
 use crate::error::ApiError;
 use crate::state::SharedState;
 use crate::store::{KeySpec, Store, StoreError};
@@ -84,7 +85,7 @@ pub async fn list_keys(State(st): State<SharedState>) -> Response {
     )
 }
 
-pub async fn get_key(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+pub async fn get_key(State(st): State<SharedState>, PathParam(id): PathParam) -> Response {
     reply(
         async {
             let rec = store(&st)?.key(&id).await.map_err(store_error)?;
@@ -94,7 +95,7 @@ pub async fn get_key(State(st): State<SharedState>, Path(id): Path<String>) -> R
     )
 }
 
-pub async fn update_key(State(st): State<SharedState>, Path(id): Path<String>, body: Bytes) -> Response {
+pub async fn update_key(State(st): State<SharedState>, PathParam(id): PathParam, body: Bytes) -> Response {
     reply(
         async {
             let store = store(&st)?;
@@ -108,7 +109,7 @@ pub async fn update_key(State(st): State<SharedState>, Path(id): Path<String>, b
     )
 }
 
-pub async fn revoke_key(State(st): State<SharedState>, Path(id): Path<String>) -> Response {
+pub async fn revoke_key(State(st): State<SharedState>, PathParam(id): PathParam) -> Response {
     reply(
         async {
             let rec = store(&st)?.revoke_key(&id).await.map_err(store_error)?;

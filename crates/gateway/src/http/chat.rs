@@ -2,7 +2,7 @@
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use optiroute_protocol::openai::{ChatCompletion, ChatRequest, Message, to_json_sized};
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::RequestId;
+use super::{PathParam, RequestId, read_body};
 use crate::auth::Principal;
 use crate::engine::{self, Meta, RequestCtx};
 use crate::error::ApiError;
@@ -147,27 +147,6 @@ fn ctx_from(headers: &HeaderMap, id: &RequestId, principal: Option<&Extension<Pr
     }
 }
 
-/// Reads a body up to the configured limit; over it, a 413 in OpenAI's error shape.
-async fn read_body(st: &SharedState, body: Body) -> Result<bytes::Bytes, ApiError> {
-    let limit = st.cfg.server.body_limit_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if crate::limits::is_body_timeout(&e) {
-            return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "invalid_request_error",
-                "the request body arrived too slowly",
-            )
-            .with_code("request_timeout");
-        }
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            format!("request body is larger than the limit of {limit} bytes (or was cut off)"),
-        )
-        .with_code("request_too_large")
-    })
-}
-
 // Header names built at compile time (a `&'static str` key is parsed on every insert).
 const H_PROVIDER: HeaderName = HeaderName::from_static("x-optiroute-provider");
 const H_MODEL: HeaderName = HeaderName::from_static("x-optiroute-model");
@@ -223,7 +202,7 @@ pub async fn chat_completions(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let body = match read_body(&st, body).await {
+    let body = match read_body(body, st.cfg.server.body_limit_bytes).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -372,7 +351,7 @@ pub async fn generate(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let body = match read_body(&st, body).await {
+    let body = match read_body(body, st.cfg.server.body_limit_bytes).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -440,7 +419,7 @@ pub async fn list_models(State(st): State<SharedState>, principal: Option<Extens
 pub async fn get_model(
     State(st): State<SharedState>,
     principal: Option<Extension<Principal>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Response {
     // A model the key may not use is "not found", as if it did not exist.
     if st.model_names().contains(&id.as_str()) && visible(&st, principal.as_ref(), &id) {

@@ -109,14 +109,7 @@ pub async fn feedback(State(st): State<SharedState>, principal: Option<Extension
 }
 
 async fn rate(st: &SharedState, principal: Option<&Principal>, body: Body) -> Result<Response, ApiError> {
-    let body = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            format!("feedback bodies are limited to {BODY_LIMIT} bytes"),
-        )
-        .with_code("request_too_large")
-    })?;
+    let body = super::read_body(body, BODY_LIMIT).await?;
     let req = parse(&body)?;
     let Some(store) = st.request_log.store() else {
         return Err(ApiError::new(

@@ -8,13 +8,16 @@ mod ops;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use tokio::time::Instant;
 
+use crate::error::ApiError;
 use crate::state::SharedState;
 use crate::telemetry::Http;
 
@@ -46,6 +49,8 @@ pub fn app(state: SharedState) -> Router {
         )
         .route("/", get(ops::ui_index))
         .route("/{file}", get(ops::ui_asset))
+        // After every route: it applies to the routes added before it.
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .fallback(ops::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::guard))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_secs(
@@ -140,6 +145,50 @@ async fn observe(State(st): State<SharedState>, mut req: Request, next: Next) ->
     };
     st.metrics.record_http(&labels, started.elapsed().as_secs_f64());
     resp
+}
+
+/// Reads a body up to `limit` bytes, in OpenAI's error shape: 408 when it arrives more slowly than
+/// `[server] client_body_timeout_secs` allows, 413 when it is larger than `limit` (or cut off).
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::limits::is_body_timeout(&e) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "the request body arrived too slowly",
+            )
+            .with_code("request_timeout");
+        }
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("request body is larger than the limit of {limit} bytes (or was cut off)"),
+        )
+        .with_code("request_too_large")
+    })
+}
+
+/// A route's one path parameter, like `Path<String>`, except that a segment that does not decode
+/// (`%FF` is not UTF-8) is answered with an OpenAI-style 400 instead of axum's plain text.
+pub(crate) struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(p)) => Ok(PathParam(p)),
+            Err(e) => {
+                let status = e.status();
+                let kind = if status.is_server_error() {
+                    "server_error"
+                } else {
+                    "invalid_request_error"
+                };
+                Err(ApiError::new(status, kind, e.body_text()).with_code("invalid_path"))
+            }
+        }
+    }
 }
 
 /// Adds the headers a browser page needs for safety.

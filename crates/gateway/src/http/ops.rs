@@ -1,11 +1,12 @@
 //! Health, readiness, metrics, stats, admin views and the embedded web UI.
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rust_embed::RustEmbed;
 use serde_json::json;
 
+use super::PathParam;
 use crate::error::ApiError;
 use crate::state::SharedState;
 
@@ -30,6 +31,14 @@ pub async fn ready(State(st): State<SharedState>) -> Response {
 }
 
 pub async fn metrics(State(st): State<SharedState>) -> Response {
+    // An open breaker turns half-open when its cooldown passes, not on a call: with no traffic no
+    // transition would update its gauge, so each scrape reads the state.
+    for d in &st.deployments {
+        st.metrics
+            .breaker_state
+            .get_or_create(&d.dep_label)
+            .set(d.breaker.state().gauge());
+    }
     let mut resp = st.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -86,7 +95,7 @@ pub async fn ui_index() -> Response {
     asset("index.html")
 }
 
-pub async fn ui_asset(Path(file): Path<String>) -> Response {
+pub async fn ui_asset(PathParam(file): PathParam) -> Response {
     asset(&file)
 }
 
@@ -98,4 +107,15 @@ fn not_found_response() -> Response {
 
 pub async fn not_found() -> Response {
     not_found_response()
+}
+
+/// A known endpoint asked with a method it does not serve (axum adds the `Allow` header).
+pub async fn method_not_allowed(method: Method) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("method {method} is not allowed on this endpoint"),
+    )
+    .with_code("method_not_allowed")
+    .into_response()
 }

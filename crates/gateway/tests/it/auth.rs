@@ -967,25 +967,37 @@ impl PgDb {
 // ------------------------------------------------------------------------------------------------
 // Hardening: slow clients, connection cap, CORS, and what auth costs per request.
 
-#[tokio::test]
-async fn a_client_that_stalls_its_body_gets_408() {
+/// POSTs to `path` the headers and the first bytes of a 100-byte body, then nothing, to a gateway
+/// with a 1 s body timeout; returns the start of its answer.
+async fn answer_to_a_stalled_body(path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut cfg = Config::test_default();
     cfg.server.client_body_timeout_secs = 1;
     let gw = TestGateway::start(cfg).await;
     let addr = gw.addr();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo",
-    )
-    .await
-    .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"re"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
         .await
         .expect("no answer to a stalled body")
         .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_its_body_gets_408() {
+    let head = answer_to_a_stalled_body("/v1/chat/completions").await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("request_timeout"), "{head}");
+}
+
+#[tokio::test]
+async fn a_feedback_whose_body_stalls_gets_408() {
+    let head = answer_to_a_stalled_body("/v1/feedback").await;
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(head.contains("request_timeout"), "{head}");
 }

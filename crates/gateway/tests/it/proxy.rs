@@ -110,6 +110,72 @@ async fn bad_input_gets_openai_errors_with_the_right_status() {
 }
 
 #[tokio::test]
+async fn a_wrong_method_on_a_known_route_gets_an_openai_405_with_allow() {
+    let gw = TestGateway::start(optiroute::config::Config::test_default()).await;
+    let c = client();
+    for (req, allow) in [
+        (c.get(gw.chat_url()), "POST"),
+        (c.delete(format!("{}/v1/models", gw.url)), "GET,HEAD"),
+        (c.put(format!("{}/v1/feedback", gw.url)), "POST"),
+    ] {
+        let r = req.send().await.unwrap();
+        let allowed = r.headers().get("allow").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(allowed.as_deref(), Some(allow));
+        let (s, v) = error_of(r).await;
+        assert_eq!(s, 405, "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+    }
+}
+
+#[tokio::test]
+async fn an_undecodable_path_parameter_gets_an_openai_400() {
+    let gw = TestGateway::start(optiroute::config::Config::test_default()).await;
+    let c = client();
+    for path in ["/v1/models/%FF", "/admin/keys/%FF", "/%FF"] {
+        let r = c.get(format!("{}{path}", gw.url)).send().await.unwrap();
+        let (s, v) = error_of(r).await;
+        assert_eq!(s, 400, "{path}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{path}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_path", "{path}: {v}");
+    }
+    // A parameter that decodes is served as before.
+    let r = c.get(format!("{}/v1/models/%6Cocal", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn http_duration_is_measured_until_the_response_headers() {
+    let (mock, gw) = openai_setup(|_| {}).await;
+    // A stream that sends one chunk and then nothing: it has started but not ended.
+    mock.handle.push(Behavior {
+        text: Some("one two three".into()),
+        stall_after: Some(1),
+        ..Default::default()
+    });
+    let mut body = chat_body("m", "x");
+    body["stream"] = json!(true);
+    let mut r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some());
+    // The open stream is already counted: the duration ends at the response headers.
+    let m = gw.metrics().await;
+    let series = r#"{method="POST",endpoint="/v1/chat/completions",status="200"}"#;
+    assert!(
+        m.contains(&format!("http_request_duration_seconds_count{series} 1")),
+        "{m}"
+    );
+    // And that is what its HELP text says.
+    let help = m
+        .lines()
+        .find(|l| l.starts_with("# HELP http_request_duration_seconds "))
+        .unwrap();
+    assert!(help.contains("until its response headers are ready"), "{help}");
+    assert!(!help.contains("until the last byte"), "{help}");
+    drop(r);
+}
+
+#[tokio::test]
 async fn upstream_errors_map_faithfully() {
     let (mock, gw) = openai_setup(|c| {
         c.resilience.max_attempts = 1;

@@ -164,6 +164,40 @@ async fn breaker_opens_after_exactly_n_failures_and_then_sends_nothing() {
 }
 
 #[tokio::test]
+async fn the_breaker_gauge_shows_half_open_once_the_cooldown_passed_without_traffic() {
+    let (m1, _m2, gw) = two_upstreams(|c| {
+        c.resilience.max_attempts = 1;
+        c.resilience.breaker.consecutive_failures = 1;
+        c.resilience.breaker.cooldown_secs = 1;
+    })
+    .await;
+    m1.handle.set_default(Behavior::status(503));
+    let r = client()
+        .post(gw.chat_url())
+        .json(&chat_body("a", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let gauge = |n| format!(r#"llm_circuit_breaker_state{{deployment="a"}} {n}"#);
+    let st = gw.state.clone();
+    let m = gw.metrics().await;
+    // (Open still after the scrape, so open during it; a slow machine may be past the cooldown.)
+    if st.deployments[0].breaker.state() == State::Open {
+        assert!(m.contains(&gauge(2)), "{m}");
+    }
+    // No request comes; the cooldown passes.
+    assert!(
+        eventually(Duration::from_secs(10), || st.deployments[0].breaker.state()
+            == State::HalfOpen)
+        .await
+    );
+    let m = gw.metrics().await;
+    assert!(m.contains(&gauge(1)), "{m}");
+    assert_eq!(m1.handle.hits(), 1);
+}
+
+#[tokio::test]
 async fn stream_failing_before_first_byte_falls_back_after_first_byte_does_not() {
     let (m1, m2, gw) = two_upstreams(|c| c.resilience.max_attempts = 1).await;
     let mut body = chat_body("ab", "s");
