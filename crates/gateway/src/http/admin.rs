@@ -1,13 +1,13 @@
 //! `/admin/keys`: create, list, show, update and revoke virtual keys (master key only; the auth
 //! middleware enforces that). The secret is returned once, by create.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::PathParam;
+use super::{PathParam, read_body};
 use crate::error::ApiError;
 use crate::state::SharedState;
 use crate::store::{KeySpec, Store, StoreError};
@@ -59,10 +59,11 @@ fn reply(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn create_key(State(st): State<SharedState>, body: Bytes) -> Response {
+pub async fn create_key(State(st): State<SharedState>, body: Body) -> Response {
     reply(
         async {
             let store = store(&st)?;
+            let body = read_body(body, st.cfg.server.body_limit_bytes).await?;
             let spec = parse_spec(&body)?;
             let (rec, secret) = store.create_key(&spec).await.map_err(store_error)?;
             tracing::info!(key_id = %rec.id, name = %rec.name, "virtual key created");
@@ -95,10 +96,11 @@ pub async fn get_key(State(st): State<SharedState>, PathParam(id): PathParam) ->
     )
 }
 
-pub async fn update_key(State(st): State<SharedState>, PathParam(id): PathParam, body: Bytes) -> Response {
+pub async fn update_key(State(st): State<SharedState>, PathParam(id): PathParam, body: Body) -> Response {
     reply(
         async {
             let store = store(&st)?;
+            let body = read_body(body, st.cfg.server.body_limit_bytes).await?;
             let spec = parse_spec(&body)?;
             let rec = store.update_key(&id, &spec).await.map_err(store_error)?;
             st.key_changed(&rec).await;

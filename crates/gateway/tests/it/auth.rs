@@ -970,14 +970,20 @@ impl PgDb {
 /// POSTs to `path` the headers and the first bytes of a 100-byte body, then nothing, to a gateway
 /// with a 1 s body timeout; returns the start of its answer.
 async fn answer_to_a_stalled_body(path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut cfg = Config::test_default();
     cfg.server.client_body_timeout_secs = 1;
     let gw = TestGateway::start(cfg).await;
+    stalled_body_answer(&gw, "POST", path, "").await
+}
+
+/// Sends `method path` with `extra_headers` (each ending in CRLF) and the first bytes of a
+/// 100-byte body, then nothing; returns the start of the answer.
+async fn stalled_body_answer(gw: &TestGateway, method: &str, path: &str, extra_headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = gw.addr();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"re"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra_headers}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"re"
     );
     s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
@@ -1000,6 +1006,35 @@ async fn a_feedback_whose_body_stalls_gets_408() {
     let head = answer_to_a_stalled_body("/v1/feedback").await;
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(head.contains("request_timeout"), "{head}");
+}
+
+#[tokio::test]
+async fn admin_bodies_that_stall_or_overflow_get_openai_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&sqlite_url(&dir), |c| {
+        c.server.client_body_timeout_secs = 1;
+        c.server.body_limit_bytes = 1024;
+    })
+    .await;
+    let (_, key) = create_key(&gw, json!({"name": "app"})).await;
+    let auth = format!("Authorization: Bearer {MASTER}\r\n");
+    let update = format!("/admin/keys/{}", key["id"].as_str().unwrap());
+    for (method, path) in [("POST", "/admin/keys"), ("PATCH", update.as_str())] {
+        let head = stalled_body_answer(&gw, method, path, &auth).await;
+        assert!(head.starts_with("HTTP/1.1 408"), "{method} {path}: {head}");
+        assert!(head.contains("request_timeout"), "{method} {path}: {head}");
+        let big = json!({"name": "x".repeat(2000)});
+        let r = client()
+            .request(method.parse().unwrap(), format!("{}{path}", gw.url))
+            .bearer_auth(MASTER)
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{method} {path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "request_too_large", "{v}");
+    }
 }
 
 #[tokio::test]
