@@ -119,11 +119,11 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
     pub connect_ms: u64,
-    /// Until the response headers (non-streaming: until the whole body).
+    /// Until the response headers (a non-streaming upstream usually sends them with the whole answer).
     pub first_byte_ms: u64,
     /// Longest gap between two stream chunks.
     pub idle_ms: u64,
-    /// Whole request, including streaming.
+    /// Whole call, counted from the request: header wait and body read together, streaming or not.
     pub total_ms: u64,
 }
 
@@ -233,20 +233,27 @@ fn one() -> u32 {
 }
 
 impl DeploymentConfig {
+    /// The deployment's price: the built-in list price of `model` (free when it has none), with each
+    /// price field the config sets replacing that one field only (a built-in cached-input price above
+    /// a configured input price is capped at it).
     pub fn price(&self) -> Price {
-        let configured = self.input_usd_per_mtok.is_some() || self.output_usd_per_mtok.is_some();
-        let mut p = if configured {
-            let mut p = Price::per_mtok(
-                self.input_usd_per_mtok.unwrap_or(0.0),
-                self.output_usd_per_mtok.unwrap_or(0.0),
-            );
-            if let Some(c) = self.cached_input_usd_per_mtok {
-                p = p.with_cached_input(c);
+        let mut p = known_price(&self.model).unwrap_or_default();
+        if let Some(v) = self.input_usd_per_mtok {
+            p.input_micros_per_mtok = Price::per_mtok(v, 0.0).input_micros_per_mtok;
+        }
+        if let Some(v) = self.output_usd_per_mtok {
+            p.output_micros_per_mtok = Price::per_mtok(0.0, v).output_micros_per_mtok;
+        }
+        match self.cached_input_usd_per_mtok {
+            Some(c) => p = p.with_cached_input(c),
+            // A built-in cached-input price above a configured input price would make cache hits
+            // dearer than misses: such a cached price is capped at the input price.
+            None => {
+                if p.cached_input_micros_per_mtok > Some(p.input_micros_per_mtok) {
+                    p.cached_input_micros_per_mtok = Some(p.input_micros_per_mtok);
+                }
             }
-            p
-        } else {
-            known_price(&self.model).unwrap_or_default()
-        };
+        }
         if let Some(r) = self.usd_per_request {
             p.per_request = Nanos::from_usd(r);
         }
@@ -547,7 +554,7 @@ impl Config {
         })?;
         let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: toml_error_message(&text, &e),
         })?;
         cfg.validate(&path.display().to_string())?;
         Ok(cfg)
@@ -708,6 +715,20 @@ impl Config {
                     Some(_) => {}
                 }
             }
+            let t = &p.timeouts;
+            for (k, v) in [
+                ("connect_ms", t.connect_ms),
+                ("first_byte_ms", t.first_byte_ms),
+                ("idle_ms", t.idle_ms),
+                ("total_ms", t.total_ms),
+            ] {
+                if v == 0 {
+                    return Err(bad(
+                        format!("providers[{i}].timeouts.{k}"),
+                        "must be at least 1 (a zero timeout fails every call)".into(),
+                    ));
+                }
+            }
             let s = &p.simulated;
             if !(0.0..=1.0).contains(&s.failure_rate) {
                 return Err(bad(
@@ -748,6 +769,18 @@ impl Config {
                 return Err(bad(
                     format!("deployments[{i}].provider"),
                     format!("no provider named `{}`", d.provider),
+                ));
+            }
+            if let Some(tier) = &d.tier
+                && !self.routing.tiers.contains(tier)
+            {
+                return Err(bad(
+                    format!("deployments[{i}].tier"),
+                    format!(
+                        "deployment `{}` has tier `{tier}`, which is not one of routing.tiers [{}]; `auto` could never route to it",
+                        d.name,
+                        self.routing.tiers.join(", ")
+                    ),
                 ));
             }
             for (k, v) in [
@@ -865,6 +898,12 @@ impl Config {
             }
         }
         let res = &self.resilience;
+        if res.deadline_ms == 0 {
+            return Err(bad(
+                "resilience.deadline_ms".into(),
+                "must be at least 1 (a zero deadline fails every request)".into(),
+            ));
+        }
         if res.max_attempts == 0 {
             return Err(bad("resilience.max_attempts".into(), "must be at least 1".into()));
         }
@@ -885,6 +924,12 @@ impl Config {
         }
         if !matches!(self.cache.backend.as_str(), "memory" | "redis") {
             return Err(bad("cache.backend".into(), "must be `memory` or `redis`".into()));
+        }
+        if self.cache.redis_timeout_ms == 0 {
+            return Err(bad(
+                "cache.redis_timeout_ms".into(),
+                "must be at least 1 (a zero timeout makes every lookup a miss)".into(),
+            ));
         }
         if self.cache.backend == "redis" && self.cache.redis_url.is_none() {
             return Err(bad(
@@ -1003,25 +1048,298 @@ impl Config {
     }
 }
 
-/// Replaces `user:password@` in a URL with `****@`.
-pub fn mask_url_credentials(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let host_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..host_end].rfind('@') {
-            return format!("{}://****@{}", &url[..scheme_end], &rest[at + 1..]);
-        }
-    }
-    url.to_owned()
+/// Loads the `.env` file of the working directory or its nearest ancestor into the environment
+/// (variables already set win). No `.env` is fine (`Ok(None)`); any other problem (unreadable, a line
+/// that does not parse) is an error naming the file and the line, never the line's text (it may
+/// hold a key). The file is checked whole before anything is loaded, so a bad line never leaves the
+/// keys after it silently unset.
+pub fn load_dotenv() -> Result<Option<PathBuf>, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot look for .env: {e}"))?;
+    let Some(path) = find_dotenv(&cwd)? else {
+        return Ok(None);
+    };
+    check_dotenv(&path)?;
+    dotenvy::from_path(&path).map_err(|e| dotenv_error(&path, &e, None))?;
+    Ok(Some(path))
 }
 
-fn ollama_url(host: String) -> String {
-    let base = if host.starts_with("http") {
-        host
-    } else {
-        format!("http://{host}")
+/// `.env` in `dir` or its nearest ancestor (what `dotenvy::dotenv` loads).
+fn find_dotenv(dir: &Path) -> Result<Option<PathBuf>, String> {
+    for d in dir.ancestors() {
+        let candidate = d.join(".env");
+        match std::fs::metadata(&candidate) {
+            Ok(m) if m.is_file() => return Ok(Some(candidate)),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", candidate.display())),
+        }
+    }
+    Ok(None)
+}
+
+/// Parses a dotenv file whole without loading it; an error names the file and the (first) line of
+/// the entry that failed.
+pub fn check_dotenv(path: &Path) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut reader = LineCountingReader {
+        inner: std::io::BufReader::new(file),
+        lines: 0,
+        mid_line: false,
+        started: false,
     };
-    format!("{}/v1", base.trim_end_matches('/'))
+    let failed = dotenvy::from_read_iter(&mut reader).find_map(Result::err);
+    match failed {
+        Some(e) => Err(dotenv_error(path, &e, Some(reader.lines))),
+        None => Ok(()),
+    }
+}
+
+/// A dotenv error without the offending text (dotenvy's `Display` quotes the line). `lines_read` is
+/// how many lines the parser had read when it failed: the last line of the failing entry.
+fn dotenv_error(path: &Path, e: &dotenvy::Error, lines_read: Option<usize>) -> String {
+    match e {
+        dotenvy::Error::LineParse(text, _) => {
+            // An entry spans several lines when a quoted value does: name its first line.
+            let extra = text.trim_end_matches(['\n', '\r']).matches('\n').count();
+            match lines_read {
+                Some(n) => format!(
+                    "{}: line {}: not a valid `KEY=value` entry (a missing `=`, an unquoted space or an unclosed quote?); nothing from the file was loaded",
+                    path.display(),
+                    n.saturating_sub(extra).max(1)
+                ),
+                None => format!("{}: an entry is not a valid `KEY=value` line", path.display()),
+            }
+        }
+        dotenvy::Error::Io(io) => format!("cannot read {}: {io}", path.display()),
+        _ => format!("cannot load {}", path.display()),
+    }
+}
+
+/// Hands the dotenv parser at most one line per `read`, so the lines it has consumed are known when it
+/// fails (its own buffer never runs ahead of the line it is parsing). Skips a UTF-8 BOM, as dotenvy's
+/// loader does.
+struct LineCountingReader<R> {
+    inner: R,
+    /// Lines handed out, counting a final line without a newline.
+    lines: usize,
+    mid_line: bool,
+    started: bool,
+}
+
+impl<R: std::io::BufRead> std::io::Read for LineCountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.started {
+            self.started = true;
+            if self.inner.fill_buf()?.starts_with(&[0xEF, 0xBB, 0xBF]) {
+                self.inner.consume(3);
+            }
+        }
+        let available = self.inner.fill_buf()?;
+        if available.is_empty() || buf.is_empty() {
+            return Ok(0);
+        }
+        let line_end = available
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(available.len(), |i| i + 1);
+        let n = line_end.min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        if !self.mid_line {
+            self.lines += 1;
+        }
+        self.mid_line = available[n - 1] != b'\n';
+        self.inner.consume(n);
+        Ok(n)
+    }
+}
+
+/// A TOML error as `line L, column C: message`, without the source line that toml's `Display`
+/// quotes (it may hold a secret). A string value serde quotes in its message (`invalid type: string
+/// "..."`) is elided for the same reason.
+fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
+    // Without the input, `Display` is the message plus the key path, never source text.
+    let mut bare = e.clone();
+    bare.set_input(None);
+    let message = elide_string_values(&bare.to_string())
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match e.span() {
+        Some(span) => {
+            let mut start = span.start.min(text.len());
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// Replaces each `string "..."` (serde's rendering of an unexpected string value) with `a string`.
+fn elide_string_values(s: &str) -> String {
+    const PAT: &str = "string \"";
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(PAT) {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let value = &rest[i + PAT.len()..];
+        // The value is Debug-formatted: it ends at the first quote not escaped by a backslash.
+        let mut escaped = false;
+        let mut end = value.len();
+        for (j, c) in value.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = j + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Masks the credentials a URL may carry: userinfo (`user:password@` becomes `****@`) and the values
+/// of query parameters that name a secret (`password`, `api-key`, `token`, `access_token`, `key`...).
+pub fn mask_url_credentials(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut tail = url;
+    if let Some(scheme_end) = url.find("://") {
+        // The userinfo ends at the last `@` of the authority. Taking the later of "before the first
+        // `/`" and "before the first `?` or `#`" also masks a password holding an unescaped `/`, `?`
+        // or `#` (over-masking a `@` in a path is harmless).
+        let rest = &url[scheme_end + 3..];
+        let before = |stops: &[char]| &rest[..rest.find(stops).unwrap_or(rest.len())];
+        let at = [before(&['/']), before(&['?', '#'])]
+            .into_iter()
+            .filter_map(|s| s.rfind('@'))
+            .max();
+        if let Some(at) = at {
+            out.push_str(&url[..scheme_end]);
+            out.push_str("://****@");
+            tail = &rest[at + 1..];
+        }
+    }
+    match tail.split_once('?') {
+        None => out.push_str(tail),
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            // Everything after `?` counts as the query (a fragment in a base URL means nothing, and
+            // a secret value holding `#` stays masked whole).
+            for (i, param) in query.split('&').enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                match param.split_once('=') {
+                    Some((k, _)) if is_secret_param(k) => {
+                        out.push_str(k);
+                        out.push_str("=****");
+                    }
+                    _ => out.push_str(param),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a query parameter's name says its value is a credential.
+fn is_secret_param(name: &str) -> bool {
+    let n = percent_decode(name).to_ascii_lowercase().replace(['-', '.'], "_");
+    matches!(
+        n.as_str(),
+        "key" | "pass" | "pwd" | "auth" | "sig" | "signature" | "code" | "credential" | "credentials"
+    ) || [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "apikey",
+        "api_key",
+        "auth_key",
+        "access_key",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+        || n.ends_with("_key")
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are), for matching parameter names.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Ollama's default port, used when `OLLAMA_HOST` names a host without one (as Ollama itself does).
+const OLLAMA_PORT: u16 = 11434;
+
+/// The OpenAI-compatible base URL for an `OLLAMA_HOST` value: `host`, `host:port`, `[v6]:port` or a
+/// URL. Only an `http://` or `https://` prefix is a scheme (a host named `httpbox` is a host); without
+/// one the port defaults to 11434, with one the URL is taken as written.
+fn ollama_url(host: String) -> String {
+    let host = host.trim();
+    let lower = host.to_ascii_lowercase();
+    let base = if lower.starts_with("http://") || lower.starts_with("https://") {
+        host.trim_end_matches('/').to_owned()
+    } else {
+        let (hostport, path) = match host.find('/') {
+            Some(i) => host.split_at(i),
+            None => (host, ""),
+        };
+        let hostport = if let Some(v6) = hostport.strip_prefix('[') {
+            // `[addr]` or `[addr]:port`.
+            match v6.split_once(']') {
+                Some((addr, port)) if port.starts_with(':') && port.len() > 1 => format!("[{addr}]{port}"),
+                Some((addr, _)) => format!("[{addr}]:{OLLAMA_PORT}"),
+                None => format!("[{v6}]:{OLLAMA_PORT}"),
+            }
+        } else if hostport.matches(':').count() > 1 {
+            // A bare IPv6 address: it cannot carry a port without brackets.
+            format!("[{hostport}]:{OLLAMA_PORT}")
+        } else {
+            match hostport.split_once(':') {
+                Some((h, port)) => {
+                    let h = if h.is_empty() { "127.0.0.1" } else { h };
+                    let port = if port.is_empty() {
+                        OLLAMA_PORT.to_string()
+                    } else {
+                        port.to_owned()
+                    };
+                    format!("{h}:{port}")
+                }
+                None if hostport.is_empty() => format!("127.0.0.1:{OLLAMA_PORT}"),
+                None => format!("{hostport}:{OLLAMA_PORT}"),
+            }
+        };
+        format!("http://{hostport}{}", path.trim_end_matches('/'))
+    };
+    format!("{base}/v1")
 }
 
 impl ProviderConfig {
@@ -1167,5 +1485,233 @@ mod tests {
             !out.contains("sk-master-0123456789") && !out.contains("dbpw42"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn a_malformed_dotenv_line_is_an_error_naming_the_file_and_line_not_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        let check = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            check_dotenv(&path)
+        };
+        assert_eq!(
+            check("# keys\nOPENAI_API_KEY=sk-ok\n\nexport B=\"two\nlines\"\n"),
+            Ok(())
+        );
+        for (text, line) in [
+            ("OPENAI_API_KEY=sk-ok\nsk-secret-123 oops\nANTHROPIC_API_KEY=x\n", 2),
+            ("# c\nA=1\nB=sk-secret-123 trailing\n", 3),
+            // A BOM does not shift the count; an unclosed quote names the line it opened on.
+            ("\u{feff}A=1\nB=\"sk-secret-123\nC=2\n", 2),
+            ("A=1\nB='sk-secret-123\n", 2),
+            ("A=1\nB=\"a\nsk-secret-123\" x\nC=3", 2),
+            ("A=1\n=sk-secret-123", 2),
+        ] {
+            let e = check(text).unwrap_err();
+            assert!(
+                e.contains(&path.display().to_string()) && e.contains(&format!("line {line}:")),
+                "{text:?}: {e}"
+            );
+            assert!(!e.contains("sk-secret-123"), "{e}");
+        }
+        // No .env anywhere up the tree is fine; a directory named .env is not a file.
+        assert_eq!(find_dotenv(dir.path()).unwrap().as_deref(), Some(path.as_path()));
+        let sub = dir.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert_eq!(find_dotenv(&sub).unwrap().as_deref(), Some(path.as_path()));
+    }
+
+    #[test]
+    fn toml_parse_errors_give_line_and_column_without_the_source_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        for (text, at) in [
+            ("[auth]\nmaster_key = \"sk-leak-0123456789\n", "line 2, column"),
+            (
+                "[server]\nport = 1\n\n[auth]\nmaster_key = sk-leak-0123456789\n",
+                "line 5, column 14",
+            ),
+            ("[server]\nport = \"sk-leak-0123456789\"\n", "line 2, column 8"),
+            (
+                "[auth]\nmaster_key = \"ok\"\nprotect_metrics = \"sk-leak-0123456789 \\\" x\"\n",
+                "line 3",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()) && e.contains(at), "{e}");
+            assert!(!e.contains("sk-leak") && !e.contains("0123456789"), "{e}");
+        }
+        // Messages keep what helps: the unknown key's name.
+        std::fs::write(&path, "[server]\nprot = 1\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("prot") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn masking_hides_credentials_in_query_parameters() {
+        for (url, masked) in [
+            ("https://h/v1?api-key=s3cret1", "https://h/v1?api-key=****"),
+            (
+                "redis://h:6379/0?password=s3cret1&db=2",
+                "redis://h:6379/0?password=****&db=2",
+            ),
+            (
+                "postgres://h/db?sslmode=require&PassWord=s3cret1",
+                "postgres://h/db?sslmode=require&PassWord=****",
+            ),
+            ("https://h/v1?x=1&api_key=s3cret1", "https://h/v1?x=1&api_key=****"),
+            ("https://h/v1?key=s3cret1", "https://h/v1?key=****"),
+            ("https://h/v1?token=s3cret1", "https://h/v1?token=****"),
+            ("https://h/v1?access_token=s3cret1#f", "https://h/v1?access_token=****"),
+            (
+                "https://h/v1?x-goog-api-key=s3cret1",
+                "https://h/v1?x-goog-api-key=****",
+            ),
+            ("https://h/v1?client_secret=s3cret1", "https://h/v1?client_secret=****"),
+            ("https://h/v1?api%2Dkey=s3cret1", "https://h/v1?api%2Dkey=****"),
+            ("sqlite://o.db?auth_token=s3cret1", "sqlite://o.db?auth_token=****"),
+            // Userinfo and query together; a password holding `/` or `?`.
+            (
+                "redis://u:s3cret1@h:6379/0?token=s3cret1",
+                "redis://****@h:6379/0?token=****",
+            ),
+            ("redis://:pa/s3cret1@h", "redis://****@h"),
+            ("redis://:pa?s3cret1@h/0", "redis://****@h/0"),
+            // Nothing secret: unchanged.
+            ("http://h/v1?model=x&email=a@b", "http://h/v1?model=x&email=a@b"),
+            ("env:REDIS_URL", "env:REDIS_URL"),
+        ] {
+            assert_eq!(mask_url_credentials(url), masked, "{url}");
+        }
+        let mut c = Config::test_default();
+        let mut p = ProviderConfig::new("az", ProviderKind::Openai, None, None);
+        p.base_url = Some("https://az.example/openai?api-version=1&api-key=azkey77".into());
+        c.providers.push(p);
+        c.cache.redis_url = Some("redis://h/0?password=cachepw7".into());
+        c.limits.redis_url = Some("rediss://user:limpw7@h:6380".into());
+        c.store.database_url = Some("postgres://h/db?user=u&password=dbpw7".into());
+        let out = c.to_masked_toml();
+        for secret in ["azkey77", "cachepw7", "limpw7", "dbpw7"] {
+            assert!(!out.contains(secret), "{secret} in\n{out}");
+        }
+        assert!(out.contains("api-version=1&api-key=****"), "{out}");
+    }
+
+    #[test]
+    fn zero_timeouts_and_deadlines_are_rejected() {
+        type Edit = fn(&mut Config);
+        let cases: [(&str, Edit); 6] = [
+            ("providers[0].timeouts.connect_ms", |c| {
+                c.providers[0].timeouts.connect_ms = 0
+            }),
+            ("providers[1].timeouts.first_byte_ms", |c| {
+                c.providers[1].timeouts.first_byte_ms = 0
+            }),
+            ("providers[0].timeouts.idle_ms", |c| c.providers[0].timeouts.idle_ms = 0),
+            ("providers[0].timeouts.total_ms", |c| {
+                c.providers[0].timeouts.total_ms = 0
+            }),
+            ("resilience.deadline_ms", |c| c.resilience.deadline_ms = 0),
+            ("cache.redis_timeout_ms", |c| c.cache.redis_timeout_ms = 0),
+        ];
+        for (key, edit) in cases {
+            let mut c = Config::test_default();
+            edit(&mut c);
+            let e = c.validate("x.toml").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("at least 1"), "{key}: {e}");
+        }
+        let mut c = Config::test_default();
+        c.providers[0].timeouts.total_ms = 1;
+        c.resilience.deadline_ms = 1;
+        c.validate("x.toml").unwrap();
+    }
+
+    #[test]
+    fn a_deployment_tier_must_be_one_of_the_routing_tiers() {
+        let mut c = Config::test_default();
+        c.deployments[1].tier = Some("clowd".into());
+        let e = c.validate("x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("deployments[1].tier") && e.contains("`cloud`") && e.contains("`clowd`"),
+            "{e}"
+        );
+        // Checked against the effective list: the default when `[routing] tiers` is not set...
+        let parsed: Config = toml::from_str(
+            "[[providers]]\nname = \"p\"\nkind = \"simulated\"\n[[deployments]]\nname = \"d\"\nprovider = \"p\"\nmodel = \"m\"\ntier = \"gpu\"\n",
+        )
+        .unwrap();
+        let e = parsed.validate("x.toml").unwrap_err().to_string();
+        assert!(e.contains("`gpu`") && e.contains("local, cloud"), "{e}");
+        // ...or the configured one; a deployment without a tier is only addressed by name.
+        let mut c = Config::test_default();
+        c.routing.tiers = vec!["small".into(), "large".into()];
+        c.deployments[0].tier = Some("small".into());
+        c.deployments[1].tier = None;
+        c.validate("x.toml").unwrap();
+        c.deployments[1].tier = Some("cloud".into());
+        assert!(c.validate("x.toml").unwrap_err().to_string().contains("small, large"));
+    }
+
+    #[test]
+    fn ollama_host_without_port_uses_11434_and_only_http_prefixes_are_schemes() {
+        for (host, url) in [
+            ("myhost", "http://myhost:11434/v1"),
+            ("myhost:8080", "http://myhost:8080/v1"),
+            ("httpbox:1234", "http://httpbox:1234/v1"),
+            ("httpbox", "http://httpbox:11434/v1"),
+            ("https-gpu.lan", "http://https-gpu.lan:11434/v1"),
+            ("127.0.0.1", "http://127.0.0.1:11434/v1"),
+            ("0.0.0.0:11434", "http://0.0.0.0:11434/v1"),
+            (":5000", "http://127.0.0.1:5000/v1"),
+            ("::1", "http://[::1]:11434/v1"),
+            ("[::1]", "http://[::1]:11434/v1"),
+            ("[::1]:9000", "http://[::1]:9000/v1"),
+            ("myhost/ollama/", "http://myhost:11434/ollama/v1"),
+            ("http://myhost:1234", "http://myhost:1234/v1"),
+            ("https://ollama.example/", "https://ollama.example/v1"),
+            ("HTTP://myhost:1234", "HTTP://myhost:1234/v1"),
+        ] {
+            assert_eq!(ollama_url(host.into()), url, "{host}");
+        }
+        let c = Config::from_vars(|k| (k == "OLLAMA_HOST").then(|| "gpubox".to_owned()));
+        assert_eq!(c.providers[0].base_url.as_deref(), Some("http://gpubox:11434/v1"));
+    }
+
+    #[test]
+    fn one_configured_price_field_keeps_the_built_in_others() {
+        let micros = |usd: f64| (usd * 1e6).round() as u64;
+        let list = known_price("gpt-4o-mini").unwrap();
+        assert_eq!(list.output_micros_per_mtok, micros(0.60));
+        let mut d = DeploymentConfig::new("d", "p", "gpt-4o-mini", "cloud");
+        assert_eq!(d.price(), list);
+        d.input_usd_per_mtok = Some(0.20);
+        let p = d.price();
+        assert_eq!(p.input_micros_per_mtok, micros(0.20));
+        assert_eq!(p.output_micros_per_mtok, micros(0.60), "output kept from the list");
+        assert_eq!(p.cached_input_micros_per_mtok, Some(micros(0.075)));
+        d.input_usd_per_mtok = None;
+        d.output_usd_per_mtok = Some(1.0);
+        let p = d.price();
+        assert_eq!(
+            (p.input_micros_per_mtok, p.output_micros_per_mtok),
+            (micros(0.15), micros(1.0))
+        );
+        d.cached_input_usd_per_mtok = Some(0.01);
+        d.usd_per_request = Some(0.5);
+        let p = d.price();
+        assert_eq!(p.input_micros_per_mtok, micros(0.15));
+        assert_eq!(p.cached_input_micros_per_mtok, Some(micros(0.01)));
+        assert_eq!(p.per_request, Nanos::from_usd(0.5));
+        // A configured input price below the list's cached price caps the cached price.
+        let mut d = DeploymentConfig::new("d", "p", "gpt-4o-mini", "cloud");
+        d.input_usd_per_mtok = Some(0.0);
+        assert_eq!(d.price().cached_input_micros_per_mtok, Some(0));
+        // A model without a list price: unset fields are free.
+        let mut d = DeploymentConfig::new("d", "p", "my-finetune", "cloud");
+        d.output_usd_per_mtok = Some(2.0);
+        let p = d.price();
+        assert_eq!((p.input_micros_per_mtok, p.output_micros_per_mtok), (0, micros(2.0)));
     }
 }

@@ -11,7 +11,12 @@ use optiroute::cli::{Cli, Command};
 use optiroute::config::Config;
 
 fn main() -> ExitCode {
-    let _ = dotenvy::dotenv();
+    // A missing .env is fine; a broken one stops here rather than dropping the keys after the bad
+    // line (which would fall back to demo mode without a word).
+    if let Err(e) = optiroute::config::load_dotenv() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

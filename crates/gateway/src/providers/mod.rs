@@ -319,9 +319,22 @@ impl Upstream {
         Ok(())
     }
 
-    /// POSTs JSON and returns the response once headers arrived with a success status. Error statuses
-    /// become `UpstreamError` with the upstream's message and Retry-After.
-    pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<UpstreamResponse, UpstreamError> {
+    /// The end of a call's `total_ms`, counted from now: pass it to [`Upstream::post`] and then to
+    /// [`Upstream::read_body`] or [`Upstream::sse_events`], so one bound covers the whole call
+    /// (headers and body, streaming or not).
+    pub fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeouts.total()
+    }
+
+    /// POSTs JSON and returns the response once headers arrived with a success status, within
+    /// `first_byte_ms` and before `deadline`. Error statuses become `UpstreamError` with the upstream's
+    /// message and Retry-After.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = match self.urls.iter().find(|(p, _)| *p == path) {
             Some((_, uri)) => uri.clone(),
             None => {
@@ -351,7 +364,9 @@ impl Upstream {
                 }
             }
         };
-        let resp = match tokio::time::timeout(self.timeouts.first_byte(), send).await {
+        let first_byte = tokio::time::Instant::now() + self.timeouts.first_byte();
+        let resp = match tokio::time::timeout_at(first_byte.min(deadline), send).await {
+            Err(_) if deadline < first_byte => return Err(self.total_timeout()),
             Err(_) => {
                 return Err(UpstreamError::new(
                     UpstreamKind::Timeout,
@@ -371,7 +386,8 @@ impl Upstream {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = tokio::time::timeout(self.timeouts.idle(), collect(resp, MAX_ERROR_BODY))
+        let until = (tokio::time::Instant::now() + self.timeouts.idle()).min(deadline);
+        let body = tokio::time::timeout_at(until, collect(resp, MAX_ERROR_BODY))
             .await
             .ok()
             .and_then(Result::ok)
@@ -387,14 +403,15 @@ impl Upstream {
         Err(err)
     }
 
-    /// Reads a whole (non-streaming) body within the total timeout.
-    pub async fn read_body(&self, resp: UpstreamResponse) -> Result<Bytes, UpstreamError> {
-        match tokio::time::timeout(self.timeouts.total(), collect(resp, MAX_BODY)).await {
-            Err(_) => Err(UpstreamError::new(
-                UpstreamKind::Timeout,
-                &self.name,
-                "response body timed out",
-            )),
+    /// Reads a whole (non-streaming) body before `deadline` (the call's [`Upstream::deadline`], so
+    /// `total_ms` bounds the header wait and the body together).
+    pub async fn read_body(
+        &self,
+        resp: UpstreamResponse,
+        deadline: tokio::time::Instant,
+    ) -> Result<Bytes, UpstreamError> {
+        match tokio::time::timeout_at(deadline, collect(resp, MAX_BODY)).await {
+            Err(_) => Err(self.total_timeout()),
             Ok(Err(BodyError::TooLarge)) => Err(UpstreamError::new(
                 UpstreamKind::Protocol,
                 &self.name,
@@ -407,6 +424,15 @@ impl Upstream {
             )),
             Ok(Ok(b)) => Ok(b),
         }
+    }
+
+    /// A call that outlived its `total_ms`.
+    fn total_timeout(&self) -> UpstreamError {
+        UpstreamError::new(
+            UpstreamKind::Timeout,
+            &self.name,
+            format!("no complete response within total_ms ({} ms)", self.timeouts.total_ms),
+        )
     }
 
     /// A call that got no response, as each transport classifies its error.
@@ -422,14 +448,16 @@ impl Upstream {
         UpstreamError::new(kind, &self.name, what)
     }
 
-    /// Turns a streaming HTTP response into SSE events, enforcing the idle and total timeouts.
+    /// Turns a streaming HTTP response into SSE events, enforcing the idle timeout (longest gap
+    /// between two chunks) and `deadline` (the call's [`Upstream::deadline`]: `total_ms` counted from
+    /// the request, not from the response headers).
     pub fn sse_events(
         &self,
         resp: UpstreamResponse,
+        deadline: tokio::time::Instant,
     ) -> impl Stream<Item = Result<SseEvent, UpstreamError>> + Send + 'static {
         let name = self.name.clone();
         let idle = self.timeouts.idle();
-        let deadline = tokio::time::Instant::now() + self.timeouts.total();
         let body = http_body_util::BodyExt::into_data_stream(resp.into_body());
         futures_util::stream::unfold(
             (

@@ -37,11 +37,12 @@ impl OpenAiCompat {
     }
 
     pub async fn chat(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChatCompletion, UpstreamError> {
+        let deadline = self.up.deadline();
         let resp = self
             .up
-            .post("/chat/completions", self.body(req, target, false)?)
+            .post("/chat/completions", self.body(req, target, false)?, deadline)
             .await?;
-        let body = self.up.read_body(resp).await?;
+        let body = self.up.read_body(resp, deadline).await?;
         serde_json::from_slice(&body).map_err(|e| {
             UpstreamError::new(
                 UpstreamKind::Protocol,
@@ -52,9 +53,13 @@ impl OpenAiCompat {
     }
 
     pub async fn chat_stream(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChunkStream, UpstreamError> {
-        let resp = self.up.post("/chat/completions", self.body(req, target, true)?).await?;
+        let deadline = self.up.deadline();
+        let resp = self
+            .up
+            .post("/chat/completions", self.body(req, target, true)?, deadline)
+            .await?;
         let name = self.up.name.clone();
-        let events = self.up.sse_events(resp);
+        let events = self.up.sse_events(resp, deadline);
         // State: whether [DONE] or a finish_reason was seen, so a stream that just stops is an error.
         let stream = futures_util::stream::unfold(
             (Box::pin(events), false, false, name),

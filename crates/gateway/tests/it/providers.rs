@@ -1172,3 +1172,166 @@ tier = "cloud"
         "provider key printed by check-config:\n{printed}"
     );
 }
+
+// ---- total_ms bounds the whole call -----------------------------------------------------------
+
+/// A loopback upstream that answers each connection after `headers_after` with 200 and the start of
+/// a body, then trickles a byte every 100 ms for as long as the client stays (never finishing).
+async fn trickling_upstream(headers_after: Duration, content_type: &'static str, first: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read the request head; the body does not matter.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(headers_after).await;
+                // No length and no chunking: the body runs until the connection closes.
+                let head =
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n{first}");
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let tick = if content_type == "text/event-stream" {
+                    ": ping\n\n"
+                } else {
+                    " "
+                };
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if sock.write_all(tick.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+// Headers come well within first_byte_ms, then the body never completes: the call ends at total_ms
+// counted from the request (it used to get total_ms more after the headers). Streaming keeps its
+// idle timeout between chunks (the trickle never trips it) and is bounded by the same total.
+// Paused clock: the times are exact.
+#[tokio::test(start_paused = true)]
+async fn total_ms_bounds_header_wait_and_body_together() {
+    use futures_util::StreamExt;
+    use optiroute::error::UpstreamKind;
+    use optiroute::providers::{CallTarget, Provider};
+
+    let total = Duration::from_millis(1_000);
+    let headers_after = Duration::from_millis(600);
+    let target = CallTarget {
+        model: "m",
+        default_max_tokens: 16,
+    };
+    let req: optiroute_protocol::openai::ChatRequest = serde_json::from_value(common::chat_body("m", "x")).unwrap();
+    for stream in [false, true] {
+        let (content_type, first) = if stream {
+            ("text/event-stream", ": open\n\n")
+        } else {
+            ("application/json", "{\"id\": \"x\",")
+        };
+        let url = trickling_upstream(headers_after, content_type, first).await;
+        let mut cfg =
+            optiroute::config::ProviderConfig::new("up", ProviderKind::Openai, Some(format!("{url}/v1")), None);
+        cfg.timeouts.first_byte_ms = 60_000;
+        cfg.timeouts.idle_ms = 500;
+        cfg.timeouts.total_ms = total.as_millis() as u64;
+        let provider = Provider::build(&cfg).unwrap();
+
+        let start = tokio::time::Instant::now();
+        let err = if stream {
+            let mut chunks = provider.chat_stream(&req, &target).await.unwrap();
+            loop {
+                match chunks.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break e,
+                    None => panic!("the stream ended without an error"),
+                }
+            }
+        } else {
+            provider.chat(&req, &target).await.unwrap_err()
+        };
+        let took = start.elapsed();
+        assert_eq!(err.kind, UpstreamKind::Timeout, "stream={stream}: {err:?}");
+        assert!(
+            took >= total && took < total + Duration::from_millis(100),
+            "stream={stream}: cut after {took:?}, total_ms is {total:?}: {err:?}"
+        );
+    }
+}
+
+// ---- .env -----------------------------------------------------------------------------------------
+
+/// Runs `optiroute check-config` in `dir` (which holds the `.env` under test) with no provider
+/// variables of its own; returns success and stdout + stderr.
+async fn check_config_in(dir: &std::path::Path) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_optiroute"));
+    cmd.arg("check-config").current_dir(dir);
+    for var in [
+        "OPTIROUTE_CONFIG",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "OLLAMA_HOST",
+        "OPTIROUTE_LOCAL_URL",
+        "HF_TOKEN",
+        "HF_TGI_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().await.unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), printed)
+}
+
+// A malformed line used to end dotenv parsing silently: the keys after it were dropped and the gateway
+// started in demo mode. Now start-up stops, naming the file and line but never the line's text.
+#[tokio::test]
+async fn a_malformed_dotenv_line_stops_start_up_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = "sk-dotenv-secret-31337 pasted without a name";
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("OPENAI_API_KEY=sk-openai-test\n{bad}\nANTHROPIC_API_KEY=sk-ant-test\n"),
+    )
+    .unwrap();
+    let (ok, printed) = check_config_in(dir.path()).await;
+    assert!(!ok, "started despite a broken .env:\n{printed}");
+    assert!(printed.contains(".env") && printed.contains("line 2"), "{printed}");
+    assert!(
+        !printed.contains("sk-dotenv-secret-31337") && !printed.contains("sk-openai-test"),
+        "{printed}"
+    );
+
+    // Fixed, every key loads (the one after the repaired line too) and demo mode is off.
+    std::fs::write(
+        dir.path().join(".env"),
+        "OPENAI_API_KEY=sk-openai-test\n# a comment\nANTHROPIC_API_KEY=sk-ant-test\n",
+    )
+    .unwrap();
+    let (ok, printed) = check_config_in(dir.path()).await;
+    assert!(ok, "{printed}");
+    assert!(!printed.contains("demo mode"), "{printed}");
+    assert!(
+        printed.contains("gpt-4o-mini") && printed.contains("claude-3-5-haiku"),
+        "{printed}"
+    );
+
+    // No .env at all is fine.
+    std::fs::remove_file(dir.path().join(".env")).unwrap();
+    let (ok, printed) = check_config_in(dir.path()).await;
+    assert!(ok && printed.contains("demo mode"), "{printed}");
+}
