@@ -46,7 +46,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| optiroute::http::parse_chat_request(black_box(&raw), 2048).unwrap())
     });
     c.bench_function("routing_decision_2kb", |b| {
-        b.iter(|| st.router.plan(&st, black_box(&req), None).unwrap())
+        b.iter(|| st.router.plan(&st, black_box(&req), None, "").unwrap())
     });
     c.bench_function("cache_key_2kb", |b| {
         b.iter(|| optiroute::cache::key(black_box(&req), "auto", ""))

@@ -394,7 +394,7 @@ pub async fn complete(
 ) -> Result<(ChatCompletion, Meta), ApiError> {
     let started = Instant::now();
     crate::auth::check_model(st, ctx, &req.model)?;
-    let plan = st.router.plan(st, req, ctx.forced_tier.as_deref())?;
+    let plan = st.router.plan(st, req, ctx.forced_tier.as_deref(), &ctx.tenant)?;
     complete_planned(st, req, ctx, plan, started).await
 }
 
@@ -475,7 +475,8 @@ async fn complete_planned(
     let cost = cost + wasted;
     let saved = saved.saturating_sub(wasted);
     if let Some(text) = completion.choices.first().map(|c| c.message.text()) {
-        st.router.remember_strong_answer(&plan, d.tier.as_deref(), &text);
+        st.router
+            .remember_strong_answer(&ctx.tenant, &plan, d.tier.as_deref(), &text);
     }
     let route = match cascade_note {
         Some(note) => note,
@@ -669,7 +670,7 @@ pub struct StreamReply {
 pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Result<StreamReply, ApiError> {
     let started = Instant::now();
     crate::auth::check_model(st, ctx, &req.model)?;
-    let plan = st.router.plan(st, &req, ctx.forced_tier.as_deref())?;
+    let plan = st.router.plan(st, &req, ctx.forced_tier.as_deref(), &ctx.tenant)?;
     let include_usage = req.include_usage();
     // A replay carries one choice's text: requests for tool calls or several choices stream live.
     let replayable = !req.has_tools() && req.n.is_none_or(|n| n == 1);
@@ -952,7 +953,7 @@ impl LiveStream {
         d.m.success.inc();
         let (usage, estimated) = self.usage();
         st.router
-            .remember_strong_answer(&self.plan, self.meta.tier.as_deref(), self.acc.text());
+            .remember_strong_answer(&self.tenant, &self.plan, self.meta.tier.as_deref(), self.acc.text());
         let (cost, saved) = account(&st, self.dep, usage);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         self.meta.cost_usd = cost;

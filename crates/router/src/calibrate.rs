@@ -97,30 +97,121 @@ impl ThresholdCalibrator {
         pos
     }
 
+    /// Scores in the window that fall in bins `0..bins`.
+    fn count_below(&self, bins: usize) -> u32 {
+        let mut i = bins.min(BINS);
+        let mut sum = 0u32;
+        while i > 0 {
+            sum += self.tree[i];
+            i &= i - 1;
+        }
+        sum
+    }
+
     /// The threshold: route to the strong model when `score >= threshold`. About `target_share` of
-    /// the scores in the window lie at or above it (to the resolution of 1/4096).
+    /// the scores in the window lie at or above it (to the resolution of 1/4096). When many scores
+    /// are equal, far more than `target_share` may lie at or above it: [`cut`](Self::cut) says which
+    /// share of the scores tied at it to send.
     pub fn threshold(&self) -> f32 {
+        self.cut().threshold
+    }
+
+    /// The calibrated decision rule: the threshold, and the share of the scores tied at it (in its
+    /// 1/4096 bin) that go to the strong model so that the expected strong share is the target.
+    pub fn cut(&self) -> Cut {
         let n = self.ring.len();
         if n < self.min_samples {
-            return self.fallback;
+            return Cut {
+                threshold: self.fallback,
+                tie_share: 1.0,
+            };
         }
         let strong = (self.target_share * n as f64).round() as usize;
         if strong == 0 {
-            return f32::INFINITY;
+            return Cut {
+                threshold: f32::INFINITY,
+                tie_share: 1.0,
+            };
         }
         if strong >= n {
-            return 0.0;
+            return Cut {
+                threshold: 0.0,
+                tie_share: 1.0,
+            };
         }
         // the (n - strong)-th smallest score (0-based) is the lowest one still sent to strong
         let bin = self.bin_with_rank((n - strong) as u32);
-        bin as f32 / BINS as f32
+        let below = self.count_below(bin) as usize;
+        let at = self.count_below(bin + 1) as usize - below;
+        let above = n - below - at;
+        // above < strong <= above + at, as the rank falls in this bin
+        Cut {
+            threshold: bin as f32 / BINS as f32,
+            tie_share: (strong.saturating_sub(above) as f64 / at.max(1) as f64).clamp(0.0, 1.0),
+        }
     }
 
-    /// Observes `score` and decides with the threshold that includes it.
-    pub fn route_strong(&mut self, score: f32) -> bool {
+    /// Observes `score` and decides with the cut that includes it; `key` (a hash of the request,
+    /// see [`tie_key`]) decides a score tied at the threshold.
+    pub fn route_strong(&mut self, score: f32, key: u64) -> bool {
         self.observe(score);
-        score >= self.threshold()
+        self.cut().route_strong(score, key)
     }
+}
+
+/// A calibrated decision rule (see [`ThresholdCalibrator::cut`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cut {
+    /// Scores below go to the cheap model, scores in a higher bin to the strong one.
+    pub threshold: f32,
+    /// The share of scores tied at the threshold (in its bin) that go to the strong model.
+    pub tie_share: f64,
+}
+
+impl Cut {
+    /// Whether `score` is tied at the threshold: in its 1/4096 bin, and not below it.
+    pub fn is_tie(&self, score: f32) -> bool {
+        score >= self.threshold && self.threshold.is_finite() && bin_of(score) == bin_of(self.threshold)
+    }
+
+    /// Whether a request with this score goes to the strong model. A tied score goes strong when
+    /// the request's `key` falls in the first `tie_share` of the key space: deterministic for a
+    /// request, and over distinct requests the tied ones split in the calibrated proportion.
+    pub fn route_strong(&self, score: f32, key: u64) -> bool {
+        if score < self.threshold {
+            return false;
+        }
+        if self.tie_share >= 1.0 || !self.is_tie(score) {
+            return true;
+        }
+        // the top 53 bits, mixed, as a fraction in [0, 1)
+        ((mix(key) >> 11) as f64 / (1u64 << 53) as f64) < self.tie_share
+    }
+}
+
+/// The splitmix64 finaliser: spreads keys that differ in a few bits over the whole range.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A stable key for [`Cut::route_strong`] from a request's parts (roles and texts, say): FNV-1a over
+/// each part and its length, the same on every platform and Rust version, so a replayed request is
+/// decided the same way.
+pub fn tie_key<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for p in parts {
+        eat(&(p.len() as u64).to_le_bytes());
+        eat(p.as_bytes());
+    }
+    h
 }
 
 /// The score threshold for a cost weight, for scorers trained with the `gain` target (score
@@ -152,7 +243,7 @@ mod tests {
         let mut strong = 0;
         for i in 0..5000 {
             let s = 0.6 + 0.2 * next();
-            let routed = c.route_strong(s);
+            let routed = c.route_strong(s, i);
             if i >= 1000 && routed {
                 strong += 1;
             }
@@ -162,6 +253,61 @@ mod tests {
         let t = c.threshold();
         assert!(t > 0.7 && t < 0.8, "{t}");
         assert_eq!(c.len(), 1000);
+    }
+
+    #[test]
+    fn identical_scores_split_at_the_target_share() {
+        // Templated traffic: every request scores the same. Sending every tie to the strong model
+        // gave 100% strong calls for a target of 30%.
+        let mut c = ThresholdCalibrator::new(0.3, 1000, 100, 0.5);
+        let mut strong = 0;
+        for i in 0..5000u64 {
+            let key = tie_key(["user", &format!("Summarise ticket #{i} in one line.")]);
+            let routed = c.route_strong(0.42, key);
+            if i >= 1000 && routed {
+                strong += 1;
+            }
+        }
+        let share = f64::from(strong) / 4000.0;
+        assert!((share - 0.3).abs() < 0.03, "{share}");
+        let cut = c.cut();
+        assert!(cut.is_tie(0.42), "{cut:?}");
+        assert!((cut.tie_share - 0.3).abs() < 1e-9, "{cut:?}");
+        // The same request is decided the same way every time.
+        let key = tie_key(["user", "Summarise ticket #7 in one line."]);
+        assert!((0..10).all(|_| cut.route_strong(0.42, key) == cut.route_strong(0.42, key)));
+        // Scores off the tie are decided by the threshold alone.
+        assert!(cut.route_strong(0.9, key));
+        assert!(!cut.route_strong(0.1, key));
+    }
+
+    #[test]
+    fn ties_take_only_the_share_left_by_higher_scores() {
+        // 20% score 0.9, 80% score 0.5: for 30% strong, all of the 0.9s and 1 in 8 of the 0.5s.
+        let mut c = ThresholdCalibrator::new(0.3, 1000, 1, 0.5);
+        for i in 0..1000 {
+            c.observe(if i % 5 == 0 { 0.9 } else { 0.5 });
+        }
+        let cut = c.cut();
+        assert!(cut.is_tie(0.5) && !cut.is_tie(0.9), "{cut:?}");
+        assert!((cut.tie_share - 0.125).abs() < 1e-9, "{cut:?}");
+        let strong = (0..1000u64)
+            .filter(|&i| {
+                let score = if i % 5 == 0 { 0.9 } else { 0.5 };
+                cut.route_strong(score, tie_key([i.to_string().as_str()]))
+            })
+            .count();
+        assert!((250..=350).contains(&strong), "{strong}");
+        // Before the window fills, the fallback threshold decides alone.
+        let fresh = ThresholdCalibrator::new(0.3, 1000, 100, 0.5);
+        assert_eq!(
+            fresh.cut(),
+            Cut {
+                threshold: 0.5,
+                tie_share: 1.0
+            }
+        );
+        assert!(fresh.cut().route_strong(0.5, 0));
     }
 
     #[test]
@@ -181,9 +327,9 @@ mod tests {
     fn extreme_targets() {
         let mut c = ThresholdCalibrator::new(0.0, 10, 1, 0.5);
         c.observe(1.0);
-        assert!(!c.route_strong(1.0));
+        assert!(!c.route_strong(1.0, 1));
         c.set_target_share(1.0);
-        assert!(c.route_strong(0.0));
+        assert!(c.route_strong(0.0, 2));
         assert_eq!(ThresholdCalibrator::new(f64::NAN, 0, 0, 0.5).target_share(), 0.0);
     }
 

@@ -137,17 +137,104 @@ fn strip_fence(t: &str) -> &str {
 }
 
 /// Unbalanced calculator annotations or code fences, or an answer that stops on an operator.
+///
+/// `<<`/`>>` are counted outside code (closed fenced blocks and inline code spans), so a finished
+/// C++ snippet such as `std::cout << x;` is not taken for a cut-off `<<a*b=c>>` annotation; prose
+/// that ends on `<<` still is. A trailing `*` that closes an emphasis (`**42**`) and a trailing `/` that
+/// ends a URL or a path are not operators.
 pub fn looks_truncated(t: &str) -> bool {
-    if t.matches("<<").count() > t.matches(">>").count() {
-        return true;
-    }
     if t.matches("```").count() % 2 == 1 {
         return true;
     }
-    matches!(
-        t.chars().last(),
-        Some('+' | '-' | '*' | '/' | '=' | '(' | ',' | '<' | '\\')
-    )
+    let prose = outside_code(t);
+    if prose.matches("<<").count() > prose.matches(">>").count() {
+        return true;
+    }
+    match t.chars().last() {
+        Some('*') => !closes_emphasis(t),
+        Some('/') => !ends_with_url_or_path(t),
+        Some('+' | '-' | '=' | '(' | ',' | '<' | '\\') => true,
+        _ => false,
+    }
+}
+
+/// `t` without its closed fenced code blocks and closed inline code spans (an unclosed one is kept).
+fn outside_code(t: &str) -> String {
+    let mut out = String::with_capacity(t.len());
+    let mut rest = t;
+    while let Some(open) = rest.find('`') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open..];
+        // A code span or fence opens with a run of backticks and closes with a run of the same length.
+        let run = after.len() - after.trim_start_matches('`').len();
+        let body = &after[run..];
+        match find_backtick_run(body, run) {
+            Some(close) => rest = &body[close + run..],
+            None => {
+                out.push_str(after);
+                return out;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The offset of the first run of exactly `n` backticks in `s`.
+fn find_backtick_run(s: &str, n: usize) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'`' {
+            let start = i;
+            while i < b.len() && b[i] == b'`' {
+                i += 1;
+            }
+            if i - start == n {
+                return Some(start);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// `t` ends with a run of `*` that closes an emphasis opened earlier (`**42**`, `*done*`): the run
+/// follows a non-space character, and the same run occurs earlier at the start of a word.
+fn closes_emphasis(t: &str) -> bool {
+    let body = t.trim_end_matches('*');
+    let run = &t[body.len()..];
+    if run.len() > 3 || body.chars().last().is_none_or(char::is_whitespace) {
+        return false;
+    }
+    let mut search = body;
+    while let Some(p) = search.rfind(run) {
+        let before = search[..p].chars().last();
+        let after = search[p + run.len()..].chars().next();
+        let opens = before.is_none_or(|c| !c.is_alphanumeric() && c != '*')
+            && after.is_some_and(|c| !c.is_whitespace() && c != '*');
+        if opens {
+            return true;
+        }
+        search = &search[..p];
+    }
+    false
+}
+
+/// The last word of `t` (which ends with `/`) is a URL (`https://example.com/docs/`, `www.x.org/`) or
+/// a path (`/usr/local/`, `./src/`, `~/bin/`), not a division cut short.
+fn ends_with_url_or_path(t: &str) -> bool {
+    let word = t
+        .rsplit(char::is_whitespace)
+        .next()
+        .unwrap_or("")
+        .trim_start_matches(['(', '[', '<', '"', '\'', '`']);
+    let lower = word.to_ascii_lowercase();
+    lower.contains("://")
+        || lower.starts_with("www.")
+        || (["/", "./", "../", "~/"].iter().any(|p| lower.starts_with(p))
+            && lower.bytes().any(|b| b.is_ascii_alphabetic()))
 }
 
 fn parse_number(s: &str) -> Option<f64> {
@@ -161,19 +248,75 @@ fn parse_number(s: &str) -> Option<f64> {
     cleaned.trim_end_matches('.').parse::<f64>().ok()
 }
 
-/// The final numeric answer: after `####`, `answer is`, `answer:` or inside `\boxed{}`.
+/// The final numeric answer: after `####`, `answer is`, `answer:` or inside `\boxed{}` (whose
+/// content may nest braces: `\boxed{\frac{3}{4}}` is 0.75).
 pub fn final_number(t: &str) -> Option<f64> {
-    let lower = t.to_lowercase();
+    // ASCII lowercasing keeps every byte offset, so a match in `lower` is one in `t`.
+    let lower = t.to_ascii_lowercase();
     for marker in ["####", "answer is", "answer:", "\\boxed{"] {
         if let Some(pos) = lower.rfind(marker) {
             let rest = &t[pos + marker.len()..];
-            let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, ':' | '$' | '*'));
-            if let Some(x) = parse_number(rest) {
-                return Some(x);
+            let x = if marker == "\\boxed{" {
+                // An unclosed box (a cut answer) reads as before: the number it starts with.
+                latex_number(braced(rest).unwrap_or(rest), 0)
+            } else {
+                let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, ':' | '$' | '*'));
+                latex_number(rest, 0)
+            };
+            if x.is_some() {
+                return x;
             }
         }
     }
     None
+}
+
+/// How deep `\boxed`/`\frac` may nest in a final answer (an answer is untrusted text).
+const MAX_LATEX_DEPTH: usize = 4;
+
+/// The text up to the brace that closes an opened `{` (`rest` starts just after it), braces nested.
+fn braced(rest: &str) -> Option<&str> {
+    let mut depth = 0usize;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(&rest[..i]),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A number written in LaTeX: `\boxed{..}`, `\frac{a}{b}` / `\dfrac` / `\tfrac` (signed, each part
+/// itself such a number, nested at most [`MAX_LATEX_DEPTH`] deep), or a plain number (`1,250`, `$18`,
+/// `\$18`, `-3.5`, `18 \text{ dollars}`).
+fn latex_number(s: &str, depth: usize) -> Option<f64> {
+    let s = s.trim();
+    let s = s.strip_prefix("\\$").unwrap_or(s).trim_start_matches('$').trim_start();
+    let (sign, body) = match s.strip_prefix('-') {
+        Some(b) => (-1.0, b.trim_start()),
+        None => (1.0, s),
+    };
+    if body.starts_with('\\') && depth >= MAX_LATEX_DEPTH {
+        return None;
+    }
+    if let Some(rest) = body.strip_prefix("\\boxed{") {
+        return Some(sign * latex_number(braced(rest)?, depth + 1)?);
+    }
+    for frac in ["\\frac{", "\\dfrac{", "\\tfrac{"] {
+        if let Some(rest) = body.strip_prefix(frac) {
+            let num = braced(rest)?;
+            let den_part = rest[num.len() + 1..].trim_start().strip_prefix('{')?;
+            let den = latex_number(braced(den_part)?, depth + 1)?;
+            let v = latex_number(num, depth + 1)? / den;
+            return (den != 0.0 && v.is_finite()).then_some(sign * v);
+        }
+    }
+    if body.starts_with('\\') {
+        return None;
+    }
+    parse_number(s)
 }
 
 /// Evaluates `+ - * /` expressions with parentheses and decimals.
@@ -353,6 +496,94 @@ mod tests {
         assert_eq!(check(a, MATH), None);
         assert_eq!(final_number(a), Some(20.0));
         assert_eq!(final_number("So the answer is $1,250."), Some(1250.0));
+    }
+
+    #[test]
+    fn final_number_offsets_survive_non_ascii_text() {
+        // Unicode lowercasing changes byte lengths: İ (2 bytes) becomes "i̇" (3), ẞ (3) becomes ß (2),
+        // the Kelvin sign (3) becomes k (1); offsets found in the lowered text must still fit `t`.
+        assert_eq!(final_number("İzmir and İstanbul: the answer is 15"), Some(15.0));
+        assert_eq!(final_number("Straße, STRAẞE. The answer is 42"), Some(42.0));
+        assert_eq!(final_number("It is 300 \u{212A}.\n#### 27"), Some(27.0));
+        // Shifted into the middle of `€`: a panic (byte index is not a char boundary) before.
+        assert_eq!(final_number("İİ answer: €40"), None);
+        assert_eq!(check("İİ answer: €40 #### 40", MATH), None);
+        // Markers are found case-insensitively, as before.
+        assert_eq!(final_number("THE ANSWER IS 7"), Some(7.0));
+        assert_eq!(final_number("\\BOXED{8}"), Some(8.0));
+    }
+
+    #[test]
+    fn a_closing_bold_marker_is_not_a_cut() {
+        assert!(!looks_truncated("So she pays **42**"));
+        assert!(!looks_truncated("The total is *12*"));
+        assert!(!looks_truncated("#### **18**"));
+        assert_eq!(
+            check("Each costs $3, so 4 cost 4 * 3 = 12.\nThe answer is **12**", MATH),
+            None
+        );
+        // A trailing `*` that is a multiplication cut short still is one.
+        assert!(looks_truncated("The total is 4 *"));
+        assert!(looks_truncated("4*3*"));
+        assert!(looks_truncated("2 **"));
+        assert!(looks_truncated("**"));
+    }
+
+    #[test]
+    fn a_url_or_path_ending_in_a_slash_is_not_a_cut() {
+        assert!(!looks_truncated("The docs are at https://docs.rs/serde/"));
+        assert!(!looks_truncated("See (https://example.com/a/b/"));
+        assert!(!looks_truncated("Visit www.example.org/"));
+        assert!(!looks_truncated("Install it under /usr/local/"));
+        assert!(!looks_truncated("Run it from ~/bin/"));
+        // A division cut short still is one.
+        assert!(looks_truncated("Each gets 12 /"));
+        assert!(looks_truncated("Each gets 12/"));
+        assert!(looks_truncated("The share is x/"));
+    }
+
+    #[test]
+    fn shift_operators_in_closed_code_are_not_open_annotations() {
+        // `<<` in finished code is C++ output, not a `<<a*b=c>>` annotation cut short.
+        let fenced = "Print it:\n```cpp\nstd::cout << total << std::endl;\n```";
+        assert!(!looks_truncated(fenced));
+        assert!(!looks_truncated("Use `std::cout << x` to print it."));
+        assert!(!looks_truncated("```cpp\nstd::cout <<\n```"));
+        assert_eq!(
+            check("```cpp\nint total = 3 * 4;\nstd::cout << total;\n```\n#### 12", MATH),
+            None
+        );
+        // Cut off while writing the code (the fence never closes) or the prose: still cut.
+        assert!(looks_truncated("```cpp\nstd::cout << total;"));
+        assert!(looks_truncated("Then print it with std::cout <<"));
+        assert!(looks_truncated("Use `x` and then 15 + 25 = <<15+2"));
+        // An annotation left open outside code, next to closed code, still counts.
+        assert!(looks_truncated("`a >> b` then <<3*4=12 and so on"));
+    }
+
+    #[test]
+    fn boxed_answers_may_nest_braces() {
+        assert_eq!(final_number("So she keeps \\boxed{\\frac{3}{4}} of it."), Some(0.75));
+        assert_eq!(final_number("$\\boxed{\\dfrac{1}{8}}$"), Some(0.125));
+        assert_eq!(final_number("\\boxed{-\\frac{3}{4}}"), Some(-0.75));
+        assert_eq!(final_number("The answer is \\frac{5}{2}"), Some(2.5));
+        assert_eq!(
+            final_number("The answer is $\\boxed{\\frac{ 1,000 }{ 4 }}$"),
+            Some(250.0)
+        );
+        assert_eq!(final_number("\\boxed{\\frac{\\frac{1}{2}}{4}}"), Some(0.125));
+        assert_eq!(final_number("\\boxed{18 \\text{ dollars}}"), Some(18.0));
+        assert_eq!(final_number("\\boxed{\\$18}"), Some(18.0));
+        assert_eq!(final_number("\\boxed{42"), Some(42.0));
+        assert_eq!(check("3 of 4 slices: \\boxed{\\frac{3}{4}}", MATH), None);
+        assert_eq!(final_number("\\boxed{\\frac{3}{0}}"), None);
+        assert_eq!(final_number("\\boxed{\\frac{3}}"), None);
+        assert_eq!(final_number("\\boxed{\\sqrt{2}}"), None);
+        // Nesting is bounded: 1/2/2/... fifty levels deep is not read.
+        let deep = format!("\\boxed{{{}1{}}}", "\\frac{".repeat(50), "}{2}".repeat(50));
+        assert_eq!(final_number(&deep), None);
+        let shallow = format!("\\boxed{{{}1{}}}", "\\frac{".repeat(2), "}{2}".repeat(2));
+        assert_eq!(final_number(&shallow), Some(0.25));
     }
 
     #[test]

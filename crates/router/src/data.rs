@@ -1,6 +1,7 @@
 //! Loading evaluation/training rows from JSON Lines.
 //!
-//! Each line needs a `prompt` (or `messages`: `[{"role", "content"}]`) and an outcome for both models:
+//! Each line needs a `prompt` (or `messages`: `[{"role", "content"}]`, content a string, `null` or an
+//! array of content parts, as in a chat request) and an outcome for both models:
 //! `strong_correct`/`weak_correct` (booleans or numbers in [0, 1]) or `strong_score`/`weak_score`
 //! (judge scores on a 1-10 scale, divided by 10). Optional: `benchmark`, `max_tokens`, `weak_response`.
 
@@ -58,6 +59,33 @@ fn parse_outcome(obj: &serde_json::Map<String, Value>) -> Option<Outcome> {
     None
 }
 
+/// A message's text, read as the gateway reads a chat request (`optiroute_protocol::openai::Message::text`):
+/// a string as is; absent or `null` as empty; an array of content parts as its text parts
+/// (`{"type": "text", "text": ...}`) joined by newlines, other parts (images, ...) skipped. Anything
+/// else is an error, as the gateway rejects it too.
+fn content_text(content: Option<&Value>) -> Result<String, &'static str> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                let p = p.as_object().ok_or("a content part is not an object")?;
+                if p.get("type").and_then(Value::as_str) == Some("text")
+                    && let Some(t) = p.get("text").and_then(Value::as_str)
+                {
+                    if !out.is_empty() {
+                        out.push('\n');
+                    }
+                    out.push_str(t);
+                }
+            }
+            Ok(out)
+        }
+        Some(_) => Err("not a string, an array of content parts or null"),
+    }
+}
+
 /// Parses JSONL text. `name` is used in error messages.
 pub fn parse_rows(text: &str, name: &str, need_outcome: bool) -> Result<Vec<Row>, DataError> {
     let mut rows = Vec::new();
@@ -75,15 +103,15 @@ pub fn parse_rows(text: &str, name: &str, need_outcome: bool) -> Result<Vec<Row>
         let mut conv = if let Some(Value::Array(msgs)) = obj.get("messages") {
             let messages = msgs
                 .iter()
-                .map(|m| Message {
-                    role: Role::parse(m.get("role").and_then(Value::as_str).unwrap_or("user")),
-                    text: match m.get("content") {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(other) => other.to_string(),
-                        None => String::new(),
-                    },
+                .enumerate()
+                .map(|(k, m)| {
+                    Ok(Message {
+                        role: Role::parse(m.get("role").and_then(Value::as_str).unwrap_or("user")),
+                        text: content_text(m.get("content"))
+                            .map_err(|what| err(format!("messages[{k}].content: {what}")))?,
+                    })
                 })
-                .collect();
+                .collect::<Result<Vec<_>, _>>()?;
             Conversation {
                 messages,
                 ..Conversation::default()
@@ -168,6 +196,26 @@ mod tests {
         assert_eq!(rows[2].conv.messages.len(), 2);
         assert_eq!(rows[2].conv.max_tokens, Some(50));
         assert_eq!(rows[2].outcome, Some(Outcome { strong: 1.0, weak: 0.5 }));
+    }
+
+    #[test]
+    fn null_content_is_empty_and_content_parts_are_their_text() {
+        let text = r#"{"messages":[{"role":"system","content":null},{"role":"user","content":[{"type":"text","text":"What is 2+2?"},{"type":"image_url","image_url":{"url":"https://x/y.png"}},{"type":"text","text":"Answer briefly."}]}],"strong_correct":true,"weak_correct":true}
+{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":null,"tool_calls":[]},{"role":"user","content":[{"type":"text","text":"and now?"}]}]}"#;
+        let rows = parse_rows(text, "t", false).unwrap();
+        let texts = |r: &Row| r.conv.messages.iter().map(|m| m.text.clone()).collect::<Vec<_>>();
+        assert_eq!(texts(&rows[0]), ["", "What is 2+2?\nAnswer briefly."]);
+        assert_eq!(rows[0].prompt, "What is 2+2?\nAnswer briefly.");
+        assert_eq!(texts(&rows[1]), ["Hi", "", "and now?"]);
+        assert_eq!(rows[1].prompt, "and now?");
+        // Content the gateway would reject is an error with its line, not JSON text to score.
+        let err = parse_rows(r#"{"messages":[{"role":"user","content":{"a":1}}]}"#, "f", false).unwrap_err();
+        assert!(
+            err.to_string().contains("f:1") && err.to_string().contains("messages[0]"),
+            "{err}"
+        );
+        let err = parse_rows(r#"{"messages":[{"role":"user","content":["hi"]}]}"#, "f", false).unwrap_err();
+        assert!(err.to_string().contains("not an object"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use optiroute_protocol::openai::ChatRequest;
+use optiroute_router::calibrate::Cut;
 use optiroute_router::{
     Conversation, HeuristicScorer, LearnedScorer, LengthRule, Scorer, ThresholdCalibrator, TokenCounts,
 };
@@ -98,9 +99,11 @@ fn read_model_file<T, E: std::fmt::Display>(
     parse(&text).map_err(|e| anyhow::anyhow!("{key}: `{path}` is not {what}: {e}"))
 }
 
-/// A stable fingerprint of an answer's text (whitespace-trimmed).
-fn fingerprint(text: &str) -> u64 {
+/// A stable fingerprint of an answer's text (whitespace-trimmed) as given to `tenant`: stickiness is
+/// per tenant, so one key's strong answers never pull another key's conversations to the strong tier.
+fn fingerprint(tenant: &str, text: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    tenant.hash(&mut h);
     text.trim().hash(&mut h);
     h.finish()
 }
@@ -208,20 +211,21 @@ impl Router {
         self.tiers.last().map(String::as_str)
     }
 
-    /// Remembers an answer the strongest tier gave, so a short follow-up to it stays there.
-    pub fn remember_strong_answer(&self, plan: &Plan, tier: Option<&str>, text: &str) {
+    /// Remembers an answer the strongest tier gave to `tenant`, so a short follow-up to it from the
+    /// same tenant stays there.
+    pub fn remember_strong_answer(&self, tenant: &str, plan: &Plan, tier: Option<&str>, text: &str) {
         if let Some(cache) = &self.strong_answers
             && plan.target == Target::Auto
             && tier.is_some()
             && tier == self.strongest_tier()
             && !text.trim().is_empty()
         {
-            cache.insert(fingerprint(text), ());
+            cache.insert(fingerprint(tenant, text), ());
         }
     }
 
-    /// A short user turn that follows an answer of the strongest tier.
-    fn is_sticky_follow_up(&self, req: &ChatRequest) -> bool {
+    /// A short user turn that follows an answer the strongest tier gave to `tenant`.
+    fn is_sticky_follow_up(&self, req: &ChatRequest, tenant: &str) -> bool {
         let Some(cache) = &self.strong_answers else {
             return false;
         };
@@ -232,7 +236,7 @@ impl Router {
         let prev = &req.messages[n - 2];
         prev.role == "assistant"
             && (req.messages[n - 1].text_len() as u64).div_ceil(4) <= self.sticky_max_tokens
-            && cache.contains_key(&fingerprint(&prev.text()))
+            && cache.contains_key(&fingerprint(tenant, &prev.text()))
     }
 
     /// Prompt tokens for routing: approximate, or exact when a context window could be at stake.
@@ -261,12 +265,19 @@ impl Router {
         self.scorer.score(&conv)
     }
 
-    pub fn plan(&self, st: &AppState, req: &ChatRequest, forced_tier: Option<&str>) -> Result<Plan, ApiError> {
+    /// Plans a request from `tenant` (the API key id; empty without auth), which scopes stickiness.
+    pub fn plan(
+        &self,
+        st: &AppState,
+        req: &ChatRequest,
+        forced_tier: Option<&str>,
+        tenant: &str,
+    ) -> Result<Plan, ApiError> {
         let (prompt_tokens, prompt_tokens_exact) = self.prompt_tokens(req);
         let need = Needs::of(req, prompt_tokens);
         let model = req.model.as_str();
         if model == "auto" {
-            let mut plan = self.plan_auto(st, req, forced_tier, need, prompt_tokens)?;
+            let mut plan = self.plan_auto(st, req, forced_tier, tenant, need, prompt_tokens)?;
             plan.prompt_tokens_exact = prompt_tokens_exact;
             if let Some(hash) = &self.feature_hash
                 && st.request_log.enabled()
@@ -336,6 +347,7 @@ impl Router {
         st: &AppState,
         req: &ChatRequest,
         forced_tier: Option<&str>,
+        tenant: &str,
         need: Needs,
         prompt_tokens: u64,
     ) -> Result<Plan, ApiError> {
@@ -382,14 +394,18 @@ impl Router {
             let raw = self.score(req, prompt_tokens);
             let bias = self.bias.get("auto").copied().unwrap_or(0.0) as f32;
             let score = (raw + bias).clamp(0.0, 1.0);
-            let (threshold, cost_note) = match &self.policy {
-                ThresholdPolicy::Fixed => (self.threshold, String::new()),
+            let fixed = |threshold: f32| Cut {
+                threshold,
+                tie_share: 1.0,
+            };
+            let (cut, cost_note) = match &self.policy {
+                ThresholdPolicy::Fixed => (fixed(self.threshold), String::new()),
                 ThresholdPolicy::Share(c) => {
-                    let t = c.lock().map_or(self.threshold, |mut c| {
+                    let cut = c.lock().map_or(fixed(self.threshold), |mut c| {
                         c.observe(score);
-                        c.threshold()
+                        c.cut()
                     });
-                    (t, String::new())
+                    (cut, String::new())
                 }
                 &ThresholdPolicy::Cost {
                     usd_per_point,
@@ -400,15 +416,32 @@ impl Router {
                     let strong = eligible[eligible.len() - 1].1[0];
                     let extra = extra_cost(st, cheap, strong, prompt_tokens, u64::from(output));
                     (
-                        optiroute_router::calibrate::threshold_for_cost(extra, usd_per_point),
+                        fixed(optiroute_router::calibrate::threshold_for_cost(extra, usd_per_point)),
                         format!(
                             " (strong call +${extra:.6} for ~{prompt_tokens}+{output} tokens, ${usd_per_point} per quality point)"
                         ),
                     )
                 }
             };
-            let sticky = score < threshold && self.is_sticky_follow_up(req);
-            let strong = score >= threshold || sticky;
+            let threshold = cut.threshold;
+            // A calibrated threshold that many scores tie at sends only a share of the ties to the
+            // strong tier, each request by a hash of its messages (the same request, the same tier).
+            let tie = cut.tie_share < 1.0 && cut.is_tie(score);
+            let by_score = if tie {
+                cut.route_strong(score, request_key(req))
+            } else {
+                score >= threshold
+            };
+            let sticky = !by_score && self.is_sticky_follow_up(req, tenant);
+            let strong = by_score || sticky;
+            let tie_note = if tie {
+                format!(
+                    " (a tie: {:.1}% of tied requests go to the strongest tier)",
+                    cut.tie_share * 100.0
+                )
+            } else {
+                String::new()
+            };
             let pos = if strong { eligible.len() - 1 } else { 0 };
             let cheapest_excluded = eligible.first().map(|(t, _)| *t) != cheapest_configured;
             let (reason, why) = if sticky && eligible.len() > 1 {
@@ -420,20 +453,20 @@ impl Router {
                 (
                     "length_rule",
                     format!(
-                        "{} prompt ({} chars)",
+                        "{} prompt ({} chars){tie_note}",
                         if strong { "long" } else { "short" },
                         req.last_user_text().chars().count()
                     ),
                 )
             } else {
-                let (code, cmp) = if strong {
-                    ("score_high", ">=")
-                } else {
-                    ("score_low", "<")
+                let (code, cmp) = match (strong, tie) {
+                    (_, true) => (if strong { "score_high" } else { "score_low" }, "at"),
+                    (true, false) => ("score_high", ">="),
+                    (false, false) => ("score_low", "<"),
                 };
                 (
                     code,
-                    format!("complexity {score:.3} {cmp} threshold {threshold:.3}{cost_note}"),
+                    format!("complexity {score:.3} {cmp} threshold {threshold:.3}{cost_note}{tie_note}"),
                 )
             };
             (pos, reason, why, Some(score))
@@ -462,6 +495,17 @@ impl Router {
             features: None, // set by `plan`
         })
     }
+}
+
+/// A stable key of a request's messages, which decides a score tied at a calibrated threshold.
+fn request_key(req: &ChatRequest) -> u64 {
+    let texts: Vec<String> = req.messages.iter().map(|m| m.text()).collect();
+    optiroute_router::calibrate::tie_key(
+        req.messages
+            .iter()
+            .zip(&texts)
+            .flat_map(|(m, t)| [m.role.as_str(), t.as_str()]),
+    )
 }
 
 /// What a request of this size costs more on `strong` than on `cheap`, in USD (never negative).

@@ -220,6 +220,50 @@ async fn rate_limits_answer_429_with_headers_and_retry_after() {
     assert_eq!(chat(&gw, Some(MASTER), "local", "y", false).await.0, 200);
 }
 
+/// Conversation stickiness is per key: a strong answer one key got does not pull another key's
+/// follow-up to the same text to the strong tier.
+#[tokio::test]
+async fn stickiness_is_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&sqlite_url(&dir), |c| c.cache.enabled = false).await;
+    let (a, _) = create_key(&gw, json!({"name": "a"})).await;
+    let (b, _) = create_key(&gw, json!({"name": "b"})).await;
+    let send = |key: String, body: Value| {
+        let url = gw.chat_url();
+        async move {
+            let r = client().post(url).bearer_auth(key).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let header = |n: &str| r.headers()[n].to_str().unwrap().to_owned();
+            let (tier, reason) = (header("x-optiroute-tier"), header("x-optiroute-route-reason"));
+            let v: Value = r.json().await.unwrap();
+            (
+                tier,
+                reason,
+                v["choices"][0]["message"]["content"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let hard = "Prove step by step that there are infinitely many primes, then write a Rust function that \
+                returns the n-th prime with an efficient sieve, and analyse its time complexity rigorously.";
+    let (tier, _, answer) = send(a.clone(), chat_body("auto", hard)).await;
+    assert_eq!(tier, "cloud");
+    let follow = json!({"model": "auto", "messages": [
+        {"role": "user", "content": hard},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "thanks, and why?"}
+    ]});
+    // Key b sends the same conversation: the strong answer was not given to it.
+    let (tier, reason, _) = send(b.clone(), follow.clone()).await;
+    assert_eq!(tier, "local", "{reason}");
+    // Nor to the master key.
+    let (tier, reason, _) = send(MASTER.to_owned(), follow.clone()).await;
+    assert_eq!(tier, "local", "{reason}");
+    // Key a's own follow-up stays strong.
+    let (tier, reason, _) = send(a, follow).await;
+    assert_eq!(tier, "cloud", "{reason}");
+    assert!(reason.contains("follow-up"), "{reason}");
+}
+
 #[tokio::test]
 async fn concurrent_requests_are_capped_per_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -280,7 +280,7 @@ async fn paused_state(edit: impl FnOnce(&mut Config)) -> optiroute::state::Share
 
 fn plan(st: &AppState, model: &str) -> optiroute::routing::Plan {
     let req = serde_json::from_value(chat_body(model, "x")).unwrap();
-    st.router.plan(st, &req, None).unwrap()
+    st.router.plan(st, &req, None, "").unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -737,6 +737,42 @@ async fn calibration_holds_the_strong_share_on_live_traffic() {
     }
     let share = f64::from(strong) / 200.0;
     assert!((0.18..=0.32).contains(&share), "strong share {share}");
+}
+
+/// Templated traffic scores the same for every request: the calibrated threshold sits on that score,
+/// and only the target share of the tied requests may go to the strong tier (all of them did).
+#[tokio::test]
+async fn calibration_splits_tied_scores_at_the_strong_share() {
+    let mut cfg = Config::test_default();
+    cfg.routing.strong_share = Some(0.3);
+    cfg.routing.calibration_window = 100;
+    cfg.routing.sticky = false;
+    cfg.cache.enabled = false;
+    let gw = TestGateway::start(cfg).await;
+    let mut strong = 0;
+    let mut scores = std::collections::BTreeSet::new();
+    let mut tie_reasons = 0;
+    for i in 0..300 {
+        let prompt = format!("Summarise support ticket {i:04} for the weekly report.");
+        let (s, tier, reason) = route(&gw, chat_body("auto", &prompt), &[]).await;
+        assert_eq!(s, 200, "{reason}");
+        let rest = &reason[reason.find("complexity ").unwrap() + "complexity ".len()..];
+        scores.insert(rest.split_whitespace().next().unwrap().to_owned());
+        if i >= 100 {
+            strong += usize::from(tier == "cloud");
+            tie_reasons += usize::from(reason.contains("a tie: 30.0% of tied requests"));
+        }
+    }
+    assert_eq!(scores.len(), 1, "the prompts should all score the same: {scores:?}");
+    let share = strong as f64 / 200.0;
+    assert!((0.2..=0.4).contains(&share), "strong share {share}");
+    assert_eq!(tie_reasons, 200);
+    // The same request is decided the same way again.
+    let prompt = "Summarise support ticket 0150 for the weekly report.";
+    let first = route(&gw, chat_body("auto", prompt), &[]).await.1;
+    for _ in 0..5 {
+        assert_eq!(route(&gw, chat_body("auto", prompt), &[]).await.1, first);
+    }
 }
 
 #[tokio::test]
