@@ -238,14 +238,25 @@ fn ends_with_url_or_path(t: &str) -> bool {
 }
 
 fn parse_number(s: &str) -> Option<f64> {
-    let cleaned: String = s
-        .trim()
-        .trim_start_matches('$')
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | '-'))
-        .filter(|&c| c != ',')
-        .collect();
-    cleaned.trim_end_matches('.').parse::<f64>().ok()
+    let s = s.trim().trim_start_matches('$');
+    let (v, rest) = leading_number(s)?;
+    // A plain fraction: `3/4` is 0.75, not 3.
+    if let Some((den, _)) = rest.strip_prefix('/').and_then(leading_number)
+        && den != 0.0
+    {
+        return Some(v / den);
+    }
+    Some(v)
+}
+
+/// The number `s` starts with (digits, `.`, thousands commas, a sign) and the text after it.
+fn leading_number(s: &str) -> Option<(f64, &str)> {
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | ',' | '-')))
+        .unwrap_or(s.len());
+    let cleaned: String = s[..end].chars().filter(|&c| c != ',').collect();
+    let v = cleaned.trim_end_matches('.').parse::<f64>().ok()?;
+    Some((v, &s[end..]))
 }
 
 /// The final numeric answer: after `####`, `answer is`, `answer:` or inside `\boxed{}` (whose
@@ -574,6 +585,11 @@ mod tests {
         assert_eq!(final_number("\\boxed{\\frac{\\frac{1}{2}}{4}}"), Some(0.125));
         assert_eq!(final_number("\\boxed{18 \\text{ dollars}}"), Some(18.0));
         assert_eq!(final_number("\\boxed{\\$18}"), Some(18.0));
+        // Plain fractions too: `3/4` read as 3 made a fraction look like a whole number.
+        assert_eq!(final_number("#### 3/4"), Some(0.75));
+        assert_eq!(final_number("The answer is \\boxed{3/4}"), Some(0.75));
+        assert_eq!(final_number("The answer is 1,200/4."), Some(300.0));
+        assert_eq!(final_number("The answer is 7/0"), Some(7.0));
         assert_eq!(final_number("\\boxed{42"), Some(42.0));
         assert_eq!(check("3 of 4 slices: \\boxed{\\frac{3}{4}}", MATH), None);
         assert_eq!(final_number("\\boxed{\\frac{3}{0}}"), None);
