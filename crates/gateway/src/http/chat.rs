@@ -17,6 +17,8 @@ use crate::error::ApiError;
 use crate::state::SharedState;
 
 const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+/// The most choices (`n`) a request may ask for, as OpenAI allows.
+const MAX_CHOICES: u32 = 128;
 
 /// Parses and validates a chat request body; errors name the offending field.
 pub fn parse_chat_request(body: &[u8], max_messages: usize) -> Result<ChatRequest, ApiError> {
@@ -111,8 +113,13 @@ fn validate(req: &ChatRequest, max_messages: usize) -> Result<(), ApiError> {
     {
         return Err(ApiError::invalid_param("top_p", "`top_p` must be between 0 and 1"));
     }
-    if req.n == Some(0) {
-        return Err(ApiError::invalid_param("n", "`n` must be at least 1"));
+    if let Some(n) = req.n
+        && !(1..=MAX_CHOICES).contains(&n)
+    {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("`n` must be between 1 and {MAX_CHOICES}"),
+        ));
     }
     if req.output_cap() == Some(0) {
         return Err(ApiError::invalid_param("max_tokens", "`max_tokens` must be at least 1"));
@@ -494,6 +501,18 @@ mod tests {
         // Longer than the buffer: no header, never a cut value or a panic.
         assert!(number(format_args!("{}", "1".repeat(33))).is_none());
         assert!(number(format_args!("{}", "1".repeat(32))).is_some());
+    }
+
+    #[test]
+    fn n_is_bounded_like_openai() {
+        let body = |n: u64| format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"n":{n}}}"#);
+        for bad in [0, 129, u64::from(u32::MAX)] {
+            let e = parse_chat_request(body(bad).as_bytes(), 10).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("n"), "n = {bad}");
+        }
+        for ok in [1, 128] {
+            assert!(parse_chat_request(body(ok).as_bytes(), 10).is_ok(), "n = {ok}");
+        }
     }
 
     #[test]

@@ -119,10 +119,14 @@ impl Simulated {
         Ok(())
     }
 
-    /// The answer's pieces: a header naming the simulation, then words picked by the prompt's hash.
-    fn answer(&self, req: &ChatRequest, model: &str) -> Vec<String> {
+    /// Choice `index`'s pieces: a header naming the simulation, then words picked by the prompt's
+    /// hash (and the index, so the `n` choices of one request differ).
+    fn answer(&self, req: &ChatRequest, model: &str, index: u32) -> Vec<String> {
         let mut h = Sha256::new();
         h.update(model.as_bytes());
+        if index > 0 {
+            h.update(index.to_le_bytes());
+        }
         for m in &req.messages {
             h.update(m.role.as_bytes());
             h.update(m.text().as_bytes());
@@ -155,26 +159,34 @@ impl Simulated {
 
     pub async fn chat(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChatCompletion, UpstreamError> {
         self.wait_first_token().await?;
-        let pieces = self.answer(req, target.model);
-        let text: String = pieces.concat();
-        if self.cfg.tokens_per_s > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(pieces.len() as f64 / self.cfg.tokens_per_s)).await;
-        }
-        // Simulated tokens: one per word piece of the answer, and the prompt approximated (the
+        let answers: Vec<Vec<String>> = (0..choice_count(req))
+            .map(|i| self.answer(req, target.model, i))
+            .collect();
+        // Simulated tokens: one per word piece of each answer, and the prompt approximated (the
         // tokenizer stays unloaded unless a real upstream omits usage).
-        let usage = Usage::new(approx_prompt_tokens(req), (pieces.len() - 1) as u64);
-        let finish = Self::finish_reason(req, pieces.len() - 1, self.cfg.answer_words);
+        let words: usize = answers.iter().map(|p| p.len() - 1).sum();
+        if self.cfg.tokens_per_s > 0.0 {
+            // The choices are generated side by side, as a server batches them.
+            let longest = answers.iter().map(Vec::len).max().unwrap_or(0);
+            tokio::time::sleep(Duration::from_secs_f64(longest as f64 / self.cfg.tokens_per_s)).await;
+        }
+        let usage = Usage::new(approx_prompt_tokens(req), words as u64);
+        let choices = answers
+            .into_iter()
+            .zip(0..)
+            .map(|(pieces, index)| Choice {
+                index,
+                finish_reason: Some(Self::finish_reason(req, pieces.len() - 1, self.cfg.answer_words).into()),
+                message: Message::new("assistant", pieces.concat()),
+                extra: Extra::new(),
+            })
+            .collect();
         Ok(ChatCompletion {
             id: completion_id(),
             object: "chat.completion".into(),
             created: unix_now(),
             model: target.model.to_owned(),
-            choices: vec![Choice {
-                index: 0,
-                message: Message::new("assistant", text),
-                finish_reason: Some(finish.into()),
-                extra: Extra::new(),
-            }],
+            choices,
             usage: Some(usage),
             extra: Extra::new(),
         })
@@ -182,26 +194,34 @@ impl Simulated {
 
     pub async fn chat_stream(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChunkStream, UpstreamError> {
         self.wait_first_token().await?;
-        let pieces = self.answer(req, target.model);
         let prompt_tokens = approx_prompt_tokens(req);
-        let completion_tokens = (pieces.len() - 1) as u64;
-        let finish = Self::finish_reason(req, pieces.len() - 1, self.cfg.answer_words);
         let id = completion_id();
         let created = unix_now();
         let model = target.model.to_owned();
         let gap = (self.cfg.tokens_per_s > 0.0).then(|| Duration::from_secs_f64(1.0 / self.cfg.tokens_per_s));
 
-        let mut chunks = Vec::with_capacity(pieces.len() + 2);
-        let mut first = ChatChunk::content(&id, created, &model, "");
-        first.choices[0].delta.role = Some("assistant".into());
-        chunks.push(first);
-        for p in &pieces {
-            chunks.push(ChatChunk::content(&id, created, &model, p));
+        // With `n` > 1 the choices follow one another, each chunk carrying its choice's index.
+        let mut chunks = Vec::new();
+        let mut completion_tokens = 0;
+        for index in 0..choice_count(req) {
+            let pieces = self.answer(req, target.model, index);
+            completion_tokens += (pieces.len() - 1) as u64;
+            let finish = Self::finish_reason(req, pieces.len() - 1, self.cfg.answer_words);
+            let of_choice = |mut c: ChatChunk| {
+                c.choices[0].index = index;
+                c
+            };
+            let mut first = ChatChunk::content(&id, created, &model, "");
+            first.choices[0].delta.role = Some("assistant".into());
+            chunks.push(of_choice(first));
+            for p in &pieces {
+                chunks.push(of_choice(ChatChunk::content(&id, created, &model, p)));
+            }
+            let mut last = ChatChunk::content(&id, created, &model, "");
+            last.choices[0].delta.content = None;
+            last.choices[0].finish_reason = Some(finish.into());
+            chunks.push(of_choice(last));
         }
-        let mut last = ChatChunk::content(&id, created, &model, "");
-        last.choices[0].delta.content = None;
-        last.choices[0].finish_reason = Some(finish.into());
-        chunks.push(last);
         let mut usage = ChatChunk::new(&id, created, &model);
         usage.usage = Some(Usage::new(prompt_tokens, completion_tokens));
         chunks.push(usage);
@@ -218,6 +238,11 @@ impl Simulated {
         });
         Ok(Box::pin(stream))
     }
+}
+
+/// How many choices a request asks for (`n`, at least 1; the gateway's validation bounds it).
+fn choice_count(req: &ChatRequest) -> u32 {
+    req.n.map_or(1, |n| n.max(1))
 }
 
 #[cfg(test)]
@@ -264,6 +289,42 @@ mod tests {
         }
         assert_eq!(acc.text(), a.choices[0].message.text());
         assert_eq!(acc.usage(), a.usage);
+    }
+
+    #[tokio::test]
+    async fn n_choices_differ_and_stream_like_the_json_answer() {
+        let s = Simulated::new("sim", SimulatedConfig::default());
+        let t = CallTarget {
+            model: "m",
+            default_max_tokens: 100,
+        };
+        let mut r = req("hello");
+        r.n = Some(3);
+        let a = s.chat(&r, &t).await.unwrap();
+        let idx: Vec<u32> = a.choices.iter().map(|c| c.index).collect();
+        assert_eq!(idx, [0, 1, 2]);
+        let texts: Vec<String> = a.choices.iter().map(|c| c.message.text()).collect();
+        assert_ne!(texts[0], texts[1]);
+        assert_ne!(texts[1], texts[2]);
+        // Choice 0 is the answer a request without `n` gets.
+        assert_eq!(
+            texts[0],
+            s.chat(&req("hello"), &t).await.unwrap().choices[0].message.text()
+        );
+        let words: u64 = texts.iter().map(|t| t.split(' ').count() as u64 - 2).sum();
+        assert_eq!(a.usage.unwrap().completion_tokens, words);
+        let mut streamed = vec![String::new(); 3];
+        let mut usage = None;
+        let mut st = s.chat_stream(&r, &t).await.unwrap();
+        while let Some(chunk) = st.next().await {
+            let chunk = chunk.unwrap();
+            usage = usage.or(chunk.usage);
+            for c in &chunk.choices {
+                streamed[c.index as usize].push_str(c.delta.content.as_deref().unwrap_or(""));
+            }
+        }
+        assert_eq!(streamed, texts);
+        assert_eq!(usage, a.usage);
     }
 
     #[tokio::test(start_paused = true)]
