@@ -46,6 +46,15 @@ pub struct Plan {
     pub grace: Duration,
 }
 
+/// Thirty years: longer than any run, yet short enough to add to any clock reading.
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// `t + d`, with `d` capped at [`FOREVER`]: a huge `--run-time`, `--grace` or `--think-time` means
+/// "practically never" instead of overflowing the clock (a panic).
+fn after(t: Instant, d: Duration) -> Instant {
+    t + d.min(FOREVER)
+}
+
 /// State shared by the workers, the progress bar and the caller.
 pub struct Shared {
     stats: Mutex<Stats>,
@@ -141,7 +150,7 @@ async fn closed_loop<E: Exec>(
     shared: Arc<Shared>,
 ) -> RunSummary {
     let start = Instant::now();
-    let deadline = plan.run_time.map(|d| start + d);
+    let deadline = plan.run_time.map(|d| after(start, d));
     let limit = plan.requests.unwrap_or(u64::MAX);
     let tickets = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
@@ -169,13 +178,13 @@ async fn closed_loop<E: Exec>(
                 }
                 run_one(&*exec, &shared, seq, Instant::now()).await;
                 if !think.is_zero() {
-                    let wake = Instant::now() + think;
+                    let wake = after(Instant::now(), think);
                     sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
                 }
             }
         });
     }
-    let unfinished = finish(&mut set, deadline.map(|d| d + plan.grace), &shared).await;
+    let unfinished = finish(&mut set, deadline.map(|d| after(d, plan.grace)), &shared).await;
     RunSummary {
         elapsed: start.elapsed(),
         unfinished,
@@ -192,7 +201,7 @@ async fn open_loop<E: Exec>(
     shared: Arc<Shared>,
 ) -> RunSummary {
     let start = Instant::now();
-    let deadline = plan.run_time.map(|d| start + d);
+    let deadline = plan.run_time.map(|d| after(start, d));
     // Requests due before the deadline (i / rate < run_time), capped by --requests.
     let scheduled = match plan.run_time {
         Some(rt) => {
@@ -202,7 +211,8 @@ async fn open_loop<E: Exec>(
         }
         None => plan.requests.unwrap_or(u64::MAX),
     };
-    let permits = Arc::new(Semaphore::new(max_in_flight));
+    // Beyond what a semaphore can hold (about 2^61) is no limit in practice.
+    let permits = Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS)));
     let mut set = JoinSet::new();
     let mut max_lag = Duration::ZERO;
     let mut seq = 0u64;
@@ -237,7 +247,7 @@ async fn open_loop<E: Exec>(
         seq += 1;
     }
     let unsent = scheduled.saturating_sub(seq);
-    let unfinished = finish(&mut set, deadline.map(|d| d + plan.grace), &shared).await;
+    let unfinished = finish(&mut set, deadline.map(|d| after(d, plan.grace)), &shared).await;
     RunSummary {
         elapsed: start.elapsed(),
         unfinished,

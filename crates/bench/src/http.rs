@@ -58,10 +58,6 @@ impl Meta {
         }
     }
 
-    fn complete(&self) -> bool {
-        self.cache.is_some() && self.tier.is_some() && self.cost_nusd.is_some() && self.saved_nusd.is_some()
-    }
-
     /// Fills the gaps in `self` from `other`.
     fn fill_from(&mut self, other: Meta) {
         self.cache = self.cache.or(other.cache);
@@ -169,13 +165,9 @@ impl HttpExec {
             Err(e) => return Sample::new(Outcome::Failed(classify(&e)), start.elapsed()),
         };
         let mut sample = Sample::new(Outcome::Ok, start.elapsed());
-        // Skip parsing when the headers already said everything (the gateway's hot path).
-        let parsed = if meta.complete() {
-            None
-        } else {
-            serde_json::from_slice::<JsonBody>(&bytes).ok()
-        };
-        if let Some(b) = parsed {
+        // Always parsed: even when the headers carry the gateway's metadata, the output tokens are
+        // only in the body's `usage`.
+        if let Ok(b) = serde_json::from_slice::<JsonBody>(&bytes) {
             sample.output_tokens = b.usage.and_then(|u| u.completion_tokens);
             let mut from_body = b.optiroute.map(Meta::from).unwrap_or_default();
             if from_body.cache.is_none() {
@@ -413,11 +405,11 @@ mod tests {
         h.insert(H_COST, "0.000123".parse().unwrap());
         h.insert(H_SAVED, "0.5".parse().unwrap());
         let m = Meta::from_headers(&h);
-        assert!(m.complete());
         assert_eq!(m.cache, Some(CacheStatus::Hit));
+        assert_eq!(m.tier.as_deref(), Some("local"));
         assert_eq!(m.cost_nusd, Some(123_000));
         assert_eq!(m.saved_nusd, Some(500_000_000));
         h.insert(H_COST, "abc".parse().unwrap());
-        assert!(!Meta::from_headers(&h).complete());
+        assert_eq!(Meta::from_headers(&h).cost_nusd, None);
     }
 }

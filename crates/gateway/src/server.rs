@@ -22,7 +22,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     run(state, listener, shutdown_signal()).await
 }
 
-/// Serves on an already bound listener until `shutdown` completes, then drains for the grace period.
+/// Serves on an already bound listener until `shutdown` completes, then drains for the grace period
+/// and closes the connections still open after it.
 ///
 /// The accept loop is ours rather than `axum::serve`, for one setting that does not expose: hyper's
 /// header read timeout (`[server] header_timeout_secs`), which needs a timer. Without it a client
@@ -54,19 +55,22 @@ pub async fn run(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let timer_floor = tokio::spawn(timer_floor());
     let mut shutdown = std::pin::pin!(shutdown);
+    // The connections' tasks, so that those still open when the grace period ends can be closed.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             (io, _) = listener.accept() => {
                 let service = hyper_util::service::TowerToHyperService::new(app.clone());
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     // A connection's own errors (a client that vanished, headers too slow) end only it.
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection closed with an error");
                     }
                 });
             }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             () = &mut shutdown => break,
         }
     }
@@ -77,6 +81,9 @@ pub async fn run(
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections"),
     }
+    // Close what is left, and wait until it is dropped: a stream cut here settles its usage and
+    // queues its request-log row (status 499) before the limits and the log are flushed below.
+    conns.shutdown().await;
     // Usage settled by the last requests reaches Redis (bounded wait) and the key store before exit.
     if let Some(shared) = limits.shared() {
         shared.flush(Duration::from_secs(2)).await;

@@ -7,6 +7,7 @@ mod common;
 mod auth;
 mod cache;
 mod feedback;
+mod load;
 mod providers;
 mod proxy;
 mod resilience;
