@@ -227,6 +227,15 @@ impl Metrics {
                 })
                 .clone()
         };
+        // Every outcome exists at 0 from start: a series born at its first error is invisible to
+        // `rate()` until its second, so an error-rate alert would miss the first burst.
+        for outcome in ["error", "timeout", "rate_limited", "cancelled"] {
+            drop(self.llm_requests.get_or_create(&Outcome {
+                provider: labels.provider.clone(),
+                model: labels.model.clone(),
+                outcome,
+            }));
+        }
         DeploymentMetrics {
             cost_usd: self.cost_usd.get_or_create(labels).clone(),
             tokens_in: tokens("input"),
@@ -606,6 +615,20 @@ mod tests {
         // Resolved at start: the common series exist (at zero) before the first request.
         line(r#"llm_cache_events_total{event_type="hit"} 0"#);
         line(r#"http_requests_total{method="POST",endpoint="/generate",status="200"} 0"#);
+    }
+
+    #[test]
+    fn every_call_outcome_of_a_deployment_exists_at_zero() {
+        let m = Metrics::new();
+        m.for_deployment(&ProviderModel {
+            provider: "p".into(),
+            model: "m".into(),
+        });
+        let text = m.render();
+        for outcome in ["success", "error", "timeout", "rate_limited", "cancelled"] {
+            let l = format!(r#"llm_requests_total{{provider="p",model="m",outcome="{outcome}"}} 0"#);
+            assert!(text.contains(&l), "{l} missing in\n{text}");
+        }
     }
 
     #[test]
