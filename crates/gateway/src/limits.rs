@@ -456,9 +456,10 @@ impl Limits {
             sp.nanos = sp.nanos.saturating_add(cost.0);
         }
         if self.store.is_some() {
-            *lock(&self.pending)
-                .entry((rec.id.clone(), rec.budget_period, start))
-                .or_insert(0) += cost.0;
+            let mut pending = lock(&self.pending);
+            let delta = pending.entry((rec.id.clone(), rec.budget_period, start)).or_insert(0);
+            *delta = delta.saturating_add(cost.0);
+            drop(pending);
             self.notify.notify_one();
         }
     }
@@ -540,7 +541,8 @@ impl Limits {
             tracing::warn!(error = %e, entries = failed.len(), "cannot persist key spend yet; will retry");
             let mut p = lock(&self.pending);
             for (k, v) in failed {
-                *p.entry(k).or_insert(0) += v;
+                let delta = p.entry(k).or_insert(0);
+                *delta = delta.saturating_add(v);
             }
         }
     }
@@ -798,6 +800,30 @@ mod tests {
             assert!(l.deployment_admit(2).await.is_ok());
         }
         assert!(l.deployment_admit(99).await.is_ok(), "unknown index: no limit");
+    }
+
+    /// Costs too large to add up (absurd upstream usage) saturate: settling them must not panic on
+    /// overflow (a debug build did, in the request's task; a release build wrapped the pending delta).
+    #[tokio::test]
+    async fn huge_costs_saturate() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let (rec, _) = store
+            .create_key(&crate::store::KeySpec {
+                name: Some("k".into()),
+                budget_usd: Some(Some(1.0)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let rec = Arc::new(rec);
+        let l = Limits::new(vec![], Some(store.clone()));
+        l.admit(&rec).unwrap();
+        l.settle(&rec.id, 0, Nanos(u64::MAX), 1);
+        l.settle(&rec.id, 0, Nanos(u64::MAX), 1);
+        assert_eq!(l.spent(&rec), u64::MAX);
+        l.flush().await;
+        assert_eq!(store.key(&rec.id).await.unwrap().spent_nanos, i64::MAX as u64);
+        assert!(l.admit(&rec).is_err());
     }
 
     #[tokio::test]

@@ -58,6 +58,8 @@ impl OnError {
 }
 
 const PREFIX: &str = "optiroute:lim:";
+/// The largest integer a Redis counter holds; spend counters saturate there.
+const MAX_COUNTER: u64 = i64::MAX as u64;
 /// Operations applied per batch (one script call).
 const BATCH: usize = 128;
 /// After a failure, Redis is left alone this long (requests use the fallback at once instead of waiting).
@@ -153,7 +155,10 @@ for i = 0, n - 1 do
     if ARGV[b + 7] ~= '0' then
       local sk = ARGV[b + 6]
       if redis.call('EXISTS', sk) == 0 then redis.call('SET', sk, ARGV[b + 8]) end
-      redis.call('INCRBY', sk, ARGV[b + 7])
+      -- Saturate rather than fail: an error here would stop the script after this settle's marker
+      -- was set, so its retry would skip the cost.
+      local r = redis.pcall('INCRBY', sk, ARGV[b + 7])
+      if type(r) == 'table' and r.err then redis.call('SET', sk, '9223372036854775807') end
       local exp = tonumber(ARGV[b + 9])
       if exp > 0 then redis.call('EXPIREAT', sk, exp) end
     end
@@ -386,7 +391,7 @@ impl RedisLimits {
             .arg(rec.tpm.unwrap_or(0))
             .arg(rec.max_concurrent.unwrap_or(0))
             .arg(rec.budget_nanos.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)))
-            .arg(seed)
+            .arg(seed.min(MAX_COUNTER))
             .arg(expire_at)
             .arg(&id)
             .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX));
@@ -525,11 +530,12 @@ impl RedisLimits {
         });
     }
 
-    /// Queues a settled call's tokens (toward the key's TPM) and cost (toward its budget) for Redis.
-    /// `seed`: the key's spend before this call as this replica knows it.
+    /// Queues a settled call's tokens (toward the key's TPM) and cost (toward its spend) for Redis.
+    /// The cost counts whether or not the key has a budget now, so a budget set later starts from the
+    /// key's real spend, as it does in memory. `seed`: the key's spend before this call as this
+    /// replica knows it.
     pub fn settle(&self, rec: &KeyRecord, tokens: u64, cost: u64, seed: u64) {
         let tpm = rec.tpm.unwrap_or(0);
-        let cost = if rec.budget_nanos.is_some() { cost } else { 0 };
         if (tpm == 0 || tokens == 0) && cost == 0 {
             return;
         }
@@ -542,7 +548,7 @@ impl RedisLimits {
             tokens,
             spend_key: format!("{PREFIX}spend:{}:{period_start}", rec.id),
             cost,
-            seed,
+            seed: seed.min(MAX_COUNTER),
             expire_at: rec.budget_period.end(unix).map_or(0, |e| e + 86_400),
         });
     }

@@ -97,6 +97,14 @@ where
     let mut quota_wait: Option<Duration> = None;
     for (position, &i) in plan.candidates.iter().enumerate() {
         let d = &st.deployments[i];
+        // An open breaker sends nothing upstream: skip it before taking from the deployment's quota
+        // (with shared limits, that quota is every replica's, and this breaker only this one's).
+        let open_for = d.breaker.retry_in();
+        if !open_for.is_zero() {
+            soonest_retry = Some(soonest_retry.map_or(open_for, |s| s.min(open_for)));
+            tried.push(format!("{} (circuit open)", d.name));
+            continue;
+        }
         if let Err(wait) = st.limits.deployment_admit(i).await {
             tried.push(format!("{} (at its rpm/tpm limit)", d.name));
             quota_wait = Some(quota_wait.map_or(wait, |w: Duration| w.min(wait)));
@@ -107,6 +115,15 @@ where
             if Instant::now() >= deadline {
                 // No time left to call: nothing is asked of the upstream, so nothing counts against it.
                 return Err(exhausted(&tried, last, plan.candidates.len(), soonest_retry, true));
+            }
+            // A retry is one more request to the provider: it needs room in the deployment's rpm/tpm
+            // too (the first attempt took it above). Without room, fall back to the next candidate.
+            if attempt > 0
+                && let Err(wait) = st.limits.deployment_admit(i).await
+            {
+                tried.push(format!("{} (at its rpm/tpm limit)", d.name));
+                quota_wait = Some(quota_wait.map_or(wait, |w: Duration| w.min(wait)));
+                break;
             }
             let (permit, t) = d.breaker.try_acquire();
             st.on_transition(d, t);

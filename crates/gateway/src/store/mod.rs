@@ -617,14 +617,18 @@ impl Store {
     /// than the key's (settled before its budget period was changed).
     pub async fn add_spend(&self, id: &str, period: Period, period_start: i64, delta: u64) -> Result<(), StoreError> {
         let delta = i64::try_from(delta).unwrap_or(i64::MAX);
+        // The sum saturates at the column's maximum (overflow is an error in PostgreSQL, a REAL in SQLite).
         let sql = "UPDATE api_keys SET \
-                   spent_nanos = CASE WHEN spend_period_start = $1 THEN spent_nanos + $2 \
-                                      WHEN spend_period_start < $3 THEN $4 ELSE spent_nanos END, \
-                   spend_period_start = CASE WHEN spend_period_start < $5 THEN $6 ELSE spend_period_start END \
-                   WHERE id = $7 AND budget_period = $8";
+                   spent_nanos = CASE WHEN spend_period_start = $1 THEN \
+                                        CASE WHEN spent_nanos > 9223372036854775807 - $2 THEN 9223372036854775807 \
+                                             ELSE spent_nanos + $3 END \
+                                      WHEN spend_period_start < $4 THEN $5 ELSE spent_nanos END, \
+                   spend_period_start = CASE WHEN spend_period_start < $6 THEN $7 ELSE spend_period_start END \
+                   WHERE id = $8 AND budget_period = $9";
         on_pool!(self, p => {
             sqlx::query(sql)
                 .bind(period_start)
+                .bind(delta)
                 .bind(delta)
                 .bind(period_start)
                 .bind(delta)
@@ -743,6 +747,23 @@ mod tests {
         assert_eq!((r.spent_nanos, r.spend_period_start), (3, 100));
         // Migrations are idempotent.
         s.migrate().await.unwrap();
+        assert_eq!(s.list_keys().await.unwrap().len(), 1);
+    }
+
+    /// Spend saturates at the largest storable amount: a sum past it (absurd upstream usage) must not
+    /// overflow the column, which made the key unreadable (SQLite turns the sum into a REAL).
+    #[tokio::test]
+    async fn spend_saturates_instead_of_overflowing() {
+        let s = Store::connect("sqlite::memory:").await.unwrap();
+        let spec = KeySpec {
+            name: Some("big".into()),
+            ..Default::default()
+        };
+        let (rec, _) = s.create_key(&spec).await.unwrap();
+        s.add_spend(&rec.id, Period::Total, 0, u64::MAX).await.unwrap();
+        s.add_spend(&rec.id, Period::Total, 0, 5).await.unwrap();
+        let r = s.key(&rec.id).await.unwrap();
+        assert_eq!(r.stored_spend(unix_now()), i64::MAX as u64);
         assert_eq!(s.list_keys().await.unwrap().len(), 1);
     }
 

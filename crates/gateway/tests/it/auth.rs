@@ -413,6 +413,24 @@ async fn deployment_rpm_falls_back_instead_of_exceeding_a_provider_quota() {
     assert!((1..=30).contains(&wait), "retry-after {wait}");
 }
 
+/// A deployment's `rpm` is what the provider may receive: a retry is one more request to it, so it
+/// must fit in the quota too (it used to be taken once per candidate, then retried freely).
+#[tokio::test]
+async fn retries_count_against_a_deployments_rpm() {
+    let (mock, gw) = openai_setup(|c| {
+        c.deployments[0].rpm = Some(2);
+        c.resilience.max_attempts = 4;
+        c.resilience.breaker.consecutive_failures = 100;
+    })
+    .await;
+    mock.handle.set_default(optiroute::mock::Behavior::status(503));
+    for i in 0..3 {
+        let (s, _, b) = chat(&gw, None, "m", &format!("q{i}"), false).await;
+        assert!(s == 503 || s == 502 || s == 429, "{s} {b}");
+    }
+    assert_eq!(mock.handle.hits(), 2, "the provider got more requests than its 2 rpm");
+}
+
 // ------------------------------------------------------------------------------------------------
 // The key store on SQLite and on PostgreSQL.
 
@@ -459,6 +477,12 @@ async fn store_crud(store: &Store) {
         .await
         .unwrap();
     assert_eq!(store.key(&rec.id).await.unwrap().spent_nanos, 130);
+    // A sum past the column's range saturates (PostgreSQL refused the update, SQLite made it a REAL).
+    store
+        .add_spend(&rec.id, rec.budget_period, rec.spend_period_start, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(store.key(&rec.id).await.unwrap().spent_nanos, i64::MAX as u64);
     let rv = store.revoke_key(&rec.id).await.unwrap();
     assert!(rv.revoked_at.is_some());
     let again = store.revoke_key(&rec.id).await.unwrap();

@@ -608,3 +608,136 @@ async fn a_revocation_reaches_the_other_replicas_through_redis_long_before_the_c
     drop(gws);
     db.drop().await;
 }
+
+/// An OpenAI-compatible upstream that reports `tokens` prompt tokens for every completion (a broken
+/// or hostile upstream's usage). Returns its base URL.
+async fn upstream_reporting(tokens: u64) -> String {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || async move {
+            axum::Json(json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000u64, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// A cost beyond what Redis' INCRBY holds (10^16 tokens at $1/Mtok: $10^10) must still count: the key
+/// is over its budget on every replica, and Redis never reports an error. It used to fail the settle
+/// script, whose retry then skipped the cost (its applied-once marker was already set): the counter
+/// stayed at $0 and every replica kept admitting the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cost_beyond_the_redis_counter_range_still_exhausts_the_budget() {
+    let Some(redis) = Redis::start() else { return };
+    let db = Db::new(false).await;
+    let upstream = upstream_reporting(10_000_000_000_000_000).await;
+    let gws = replicas(2, &db, &redis, |c| {
+        let p = optiroute::config::ProviderConfig::new(
+            "wild",
+            optiroute::config::ProviderKind::Openai,
+            Some(upstream.clone()),
+            None,
+        );
+        c.providers.push(p);
+        let mut d = optiroute::config::DeploymentConfig::new("wild", "wild", "m", "cloud");
+        d.input_usd_per_mtok = Some(1.0);
+        d.output_usd_per_mtok = Some(1.0);
+        c.deployments.push(d);
+    })
+    .await;
+    let (key, id) = create_key(&gws[0], json!({"name": "wild", "budget_usd": 1.0})).await;
+    let r = client()
+        .post(gws[0].chat_url())
+        .bearer_auth(&key)
+        .json(&chat_body("wild", "hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(drained(&gws).await, "settled usage did not reach Redis");
+    assert_eq!(redis_spend(&redis, &id).await, Some(i64::MAX as u64));
+    for gw in &gws {
+        assert_eq!(chat(gw, &key, "more").await, (402, "budget_exceeded".into()));
+    }
+    assert_redis_never_failed(&gws).await;
+    drop(gws);
+    db.drop().await;
+}
+
+async fn set_budget(gw: &TestGateway, id: &str, usd: Option<f64>) {
+    let r = client()
+        .patch(format!("{}/admin/keys/{id}", gw.url))
+        .bearer_auth(MASTER)
+        .json(&json!({ "budget_usd": usd }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+/// What a key spends while it has no budget still counts once a budget is set again: a replica
+/// keeps it in memory and the store has it, and so must the shared counter. It used to count only
+/// while the key had a budget, so a budget lifted and restored found the counter where it was left
+/// and every replica admitted the key as if the spend in between had never happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spend_while_a_budget_was_lifted_counts_when_it_is_restored() {
+    let Some(redis) = Redis::start() else { return };
+    let db = Db::new(false).await;
+    let gws = replicas(2, &db, &redis, |_| {}).await;
+    let budget = 5.0 * COST as f64 / 1e9;
+    let (key, id) = create_key(&gws[0], json!({"name": "lifted", "budget_usd": budget})).await;
+    assert_eq!(chat(&gws[0], &key, "with a budget").await.0, 200);
+    set_budget(&gws[0], &id, None).await;
+    for i in 0..5 {
+        assert_eq!(chat(&gws[i % 2], &key, &format!("no budget {i}")).await.0, 200);
+    }
+    assert!(drained(&gws).await);
+    set_budget(&gws[0], &id, Some(budget)).await;
+    // Six requests' worth spent on a budget for five: refused (A applies its own change at once).
+    assert_eq!(
+        chat(&gws[0], &key, "after the budget is back").await,
+        (402, "budget_exceeded".into()),
+        "the spend made without a budget was not counted"
+    );
+    assert_eq!(redis_spend(&redis, &id).await, Some(6 * COST));
+    assert_redis_never_failed(&gws).await;
+    drop(gws);
+    db.drop().await;
+}
+
+/// Breakers are per replica, deliberately: one replica's trouble with a provider must not take it
+/// away from the others. Requests on a replica whose breaker is open send nothing to the provider, so
+/// they must not spend the deployment's shared quota either (they used to take a request from it
+/// before finding the breaker open, so replica B was refused a healthy provider's whole quota).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_breaker_on_one_replica_does_not_spend_the_shared_deployment_quota() {
+    let Some(redis) = Redis::start() else { return };
+    let db = Db::new(false).await;
+    let gws = replicas(2, &db, &redis, |c| deployment_limits(c, "local", Some(3), None)).await;
+    let local = gws[0].state.by_name["local"];
+    gws[0].state.deployments[local].breaker.force_open();
+    for i in 0..5 {
+        let (status, _) = chat(&gws[0], MASTER, &format!("a{i}")).await;
+        assert_ne!(status, 200, "A's breaker is open");
+    }
+    for i in 0..3 {
+        assert_eq!(
+            chat(&gws[1], MASTER, &format!("b{i}")).await,
+            (200, String::new()),
+            "request {i} on B"
+        );
+    }
+    assert_eq!(
+        chat(&gws[1], MASTER, "b3").await,
+        (429, "deployment_quota_exceeded".into())
+    );
+    assert_redis_never_failed(&gws).await;
+    drop(gws);
+    db.drop().await;
+}
