@@ -209,10 +209,30 @@ pub struct Admission {
     pub guard: Option<ConcurrencyGuard>,
 }
 
+/// A key's spend in one budget period.
 #[derive(Debug, Clone, Copy, Default)]
 struct Spend {
-    period_start: i64,
+    /// The period: its kind and start. The kind matters on the 1st of a month, when a day and a
+    /// month start at the same second: a budget switched from one to the other starts afresh.
+    period: (Period, i64),
     nanos: u64,
+}
+
+impl Spend {
+    /// The period of `rec`'s budget that contains `unix`.
+    fn period_of(rec: &KeyRecord, unix: i64) -> (Period, i64) {
+        (rec.budget_period, rec.budget_period.start(unix))
+    }
+
+    /// Moves to `period`: a new period starts from `fresh`; in the same one, the larger of the two
+    /// counts stands (`fresh` is the store's view, which may have seen other replicas' spend).
+    fn roll(&mut self, period: (Period, i64), fresh: u64) {
+        if self.period == period {
+            self.nanos = self.nanos.max(fresh);
+        } else {
+            *self = Spend { period, nanos: fresh };
+        }
+    }
 }
 
 struct KeyState {
@@ -289,16 +309,7 @@ impl Limits {
             let mut cur = lock(&s.rec);
             if !Arc::ptr_eq(&cur, rec) {
                 *cur = rec.clone();
-                let mut sp = lock(&s.spend);
-                let start = rec.budget_period.start(now);
-                if sp.period_start != start {
-                    *sp = Spend {
-                        period_start: start,
-                        nanos: rec.stored_spend(now),
-                    };
-                } else {
-                    sp.nanos = sp.nanos.max(rec.stored_spend(now));
-                }
+                lock(&s.spend).roll(Spend::period_of(rec, now), rec.stored_spend(now));
             }
             return s.clone();
         }
@@ -308,7 +319,7 @@ impl Limits {
             tokens: Mutex::new(Gcra::default()),
             in_flight: Arc::new(AtomicU64::new(0)),
             spend: Mutex::new(Spend {
-                period_start: rec.budget_period.start(now),
+                period: Spend::period_of(rec, now),
                 nanos: rec.stored_spend(now),
             }),
         });
@@ -444,15 +455,11 @@ impl Limits {
             return;
         }
         let unix = unix_now();
-        let start = rec.budget_period.start(unix);
+        let period = Spend::period_of(&rec, unix);
+        let start = period.1;
         {
             let mut sp = lock(&s.spend);
-            if sp.period_start != start {
-                *sp = Spend {
-                    period_start: start,
-                    nanos: 0,
-                };
-            }
+            sp.roll(period, 0);
             sp.nanos = sp.nanos.saturating_add(cost.0);
         }
         if self.store.is_some() {
@@ -549,7 +556,7 @@ impl Limits {
 }
 
 fn current_spend(sp: &Spend, rec: &KeyRecord, unix: i64) -> u64 {
-    if sp.period_start == rec.budget_period.start(unix) {
+    if sp.period == Spend::period_of(rec, unix) {
         sp.nanos
     } else {
         0
@@ -658,6 +665,25 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_budget_switched_between_periods_that_start_together_starts_afresh() {
+        // 2026-12-01T00:00Z: the day and the month start at the same second.
+        let first = 1_796_083_200;
+        assert_eq!(Period::Day.start(first), Period::Month.start(first));
+        let mut sp = Spend {
+            period: (Period::Day, first),
+            nanos: 500,
+        };
+        // Same period: the larger count stands.
+        sp.roll((Period::Day, first), 200);
+        assert_eq!(sp.nanos, 500);
+        sp.roll((Period::Day, first), 700);
+        assert_eq!(sp.nanos, 700);
+        // The month that starts at the same second is another period: it starts from the store's view.
+        sp.roll((Period::Month, first), 0);
+        assert_eq!((sp.period, sp.nanos), ((Period::Month, first), 0));
+    }
 
     fn key(rpm: Option<u64>, tpm: Option<u64>, conc: Option<u64>, budget: Option<u64>) -> Arc<KeyRecord> {
         Arc::new(KeyRecord {

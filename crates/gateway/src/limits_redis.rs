@@ -386,7 +386,7 @@ impl RedisLimits {
         inv.key(format!("{PREFIX}rpm:{}", rec.id))
             .key(format!("{PREFIX}tpm:{}", rec.id))
             .key(&conc_key)
-            .key(format!("{PREFIX}spend:{}:{period_start}", rec.id))
+            .key(spend_key(rec, period_start))
             .arg(rec.rpm.unwrap_or(0))
             .arg(rec.tpm.unwrap_or(0))
             .arg(rec.max_concurrent.unwrap_or(0))
@@ -546,7 +546,7 @@ impl RedisLimits {
             tpm_key: format!("{PREFIX}tpm:{}", rec.id),
             tpm,
             tokens,
-            spend_key: format!("{PREFIX}spend:{}:{period_start}", rec.id),
+            spend_key: spend_key(rec, period_start),
             cost,
             seed: seed.min(MAX_COUNTER),
             expire_at: rec.budget_period.end(unix).map_or(0, |e| e + 86_400),
@@ -660,6 +660,13 @@ async fn worker(owner: Weak<RedisLimits>, notify: Arc<Notify>) {
             let _ = tokio::time::timeout(BACKOFF, notify.notified()).await;
         }
     }
+}
+
+/// The Redis counter of `rec`'s spend in the period starting at `period_start`. The period's kind is
+/// part of the name: on the 1st of a month a day and a month start at the same second, and a budget
+/// switched between them must not pick up the other's count.
+fn spend_key(rec: &KeyRecord, period_start: i64) -> String {
+    format!("{PREFIX}spend:{}:{}:{period_start}", rec.id, rec.budget_period.as_str())
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ async fn redis_conn(redis: &Redis) -> redis::aio::MultiplexedConnection {
 async fn redis_spend(redis: &Redis, key_id: &str) -> Option<u64> {
     let mut c = redis_conn(redis).await;
     redis::cmd("GET")
-        .arg(format!("optiroute:lim:spend:{key_id}:0"))
+        .arg(format!("optiroute:lim:spend:{key_id}:total:0"))
         .query_async::<Option<u64>>(&mut c)
         .await
         .unwrap()
