@@ -12,13 +12,16 @@ use optiroute::config::Config;
 
 fn main() -> ExitCode {
     // A missing .env is fine; a broken one stops here rather than dropping the keys after the bad
-    // line (which would fall back to demo mode without a word).
-    if let Err(e) = optiroute::config::load_dotenv() {
+    // line (which would fall back to demo mode without a word). It is read before the command line
+    // (clap takes `OPTIROUTE_*` from the environment), and reported after it, so `--help` and
+    // `--version` still answer.
+    let dotenv = optiroute::config::load_dotenv();
+    let cli = Cli::parse();
+    if let Err(e) = dotenv {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -1275,8 +1275,13 @@ async fn total_ms_bounds_header_wait_and_body_together() {
 /// Runs `optiroute check-config` in `dir` (which holds the `.env` under test) with no provider
 /// variables of its own; returns success and stdout + stderr.
 async fn check_config_in(dir: &std::path::Path) -> (bool, String) {
+    optiroute_in(dir, &["check-config"]).await
+}
+
+/// Runs the binary with `args` in `dir`, without the provider variables of this environment.
+async fn optiroute_in(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_optiroute"));
-    cmd.arg("check-config").current_dir(dir);
+    cmd.args(args).current_dir(dir);
     for var in [
         "OPTIROUTE_CONFIG",
         "OPENAI_API_KEY",
@@ -1315,6 +1320,9 @@ async fn a_malformed_dotenv_line_stops_start_up_naming_file_and_line() {
         !printed.contains("sk-dotenv-secret-31337") && !printed.contains("sk-openai-test"),
         "{printed}"
     );
+    // Help and version still answer.
+    let (ok, printed) = optiroute_in(dir.path(), &["--version"]).await;
+    assert!(ok && printed.starts_with("optiroute"), "{printed}");
 
     // Fixed, every key loads (the one after the repaired line too) and demo mode is off.
     std::fs::write(
