@@ -1024,13 +1024,29 @@ data:{\"index\":4,\"token\":{\"id\":2,\"text\":\"</s>\",\"logprob\":-0.01,\"spec
     }
 
     #[test]
-    fn held_suffix_respects_char_boundaries() {
-        use crate::translate::held_suffix_len;
-        let stops = vec!["éé!".to_owned()];
-        assert_eq!(held_suffix_len("abcé", &stops), 'é'.len_utf8());
-        assert_eq!(held_suffix_len("abcéé", &stops), 2 * 'é'.len_utf8());
-        assert_eq!(held_suffix_len("abc", &stops), 0);
-        assert_eq!(held_suffix_len("", &stops), 0);
+    fn held_back_text_respects_char_boundaries() {
+        let mut c = StopCutter::new(vec!["éé!".to_owned()]);
+        assert_eq!(c.push("abcé"), "abc");
+        assert_eq!(c.push("é"), "");
+        assert_eq!(c.push("x"), "ééx");
+        assert_eq!(c.push(""), "");
+    }
+
+    #[test]
+    fn an_earlier_possible_stop_outranks_a_later_complete_one() {
+        // Found by fuzzing: "?" is complete in "qqqqq?", but "qqqqq??" may still start earlier.
+        let stops = || vec!["qqqqq??".to_owned(), "?".to_owned()];
+        let mut c = StopCutter::new(stops());
+        let sent = [c.push("Kqqqqq"), c.push("?"), c.push("??")].concat();
+        assert_eq!((sent.as_str(), c.is_stopped()), ("K", true));
+        // The longer one never completes: the answer is cut at the "?" when the next text comes...
+        let mut c = StopCutter::new(stops());
+        let sent = [c.push("Kqqqqq"), c.push("?"), c.push("x")].concat();
+        assert_eq!((sent.as_str(), c.is_stopped()), ("Kqqqqq", true));
+        // ...or when the text ends.
+        let mut c = StopCutter::new(stops());
+        let sent = [c.push("Kqqqqq").into_owned(), c.push("?").into_owned(), c.flush()].concat();
+        assert_eq!((sent.as_str(), c.is_stopped()), ("Kqqqqq", true));
     }
 
     #[test]

@@ -134,18 +134,27 @@ impl StopCutter {
             return Cow::Borrowed(text);
         }
         self.pending.push_str(text);
+        match earliest_stop(&self.pending, &self.stops) {
+            Some((pos, true)) => {
+                self.pending.truncate(pos);
+                self.stopped = true;
+                Cow::Owned(std::mem::take(&mut self.pending))
+            }
+            Some((pos, false)) => {
+                let rest = self.pending.split_off(pos);
+                Cow::Owned(std::mem::replace(&mut self.pending, rest))
+            }
+            None => Cow::Owned(std::mem::take(&mut self.pending)),
+        }
+    }
+
+    /// Releases the held-back text (at the end of the text, or before output that is not text), cut
+    /// at a stop string it holds in full: one held behind a longer stop string's possible start.
+    pub fn flush(&mut self) -> String {
         if let Some(pos) = first_stop(&self.pending, &self.stops) {
             self.pending.truncate(pos);
             self.stopped = true;
-            return Cow::Owned(std::mem::take(&mut self.pending));
         }
-        let emit = self.pending.len() - held_suffix_len(&self.pending, &self.stops);
-        let rest = self.pending.split_off(emit);
-        Cow::Owned(std::mem::replace(&mut self.pending, rest))
-    }
-
-    /// Releases the held-back text (at the end of the text, or before output that is not text).
-    pub fn flush(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
 
@@ -170,23 +179,26 @@ fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
         .min()
 }
 
-/// Length of the longest suffix of `text` that is a proper prefix of one of `stops`
-/// (text that may turn out to be the start of a stop string and must be held back).
-pub(crate) fn held_suffix_len(text: &str, stops: &[String]) -> usize {
-    let mut best = 0;
-    for s in stops {
-        let max = s.len().saturating_sub(1).min(text.len());
-        for (start, _) in text.char_indices().rev() {
-            let len = text.len() - start;
-            if len > max {
-                break;
+/// The earliest position of `text` where a stop string starts: `(pos, true)` if one is there in full,
+/// `(pos, false)` if the text from `pos` on is only the start of one (it may complete with more text,
+/// so nothing from `pos` may be released yet). An earlier possible match outranks a later complete
+/// one: with stops `"a??"` and `"?"`, the text `"xa?"` releases `"x"` and holds `"a?"`, since the
+/// answer is cut at `"a??"` if the next text is a `?`, else at the `?`.
+fn earliest_stop(text: &str, stops: &[String]) -> Option<(usize, bool)> {
+    for (pos, _) in text.char_indices() {
+        let rest = &text[pos..];
+        let mut partial = false;
+        for s in stops {
+            if rest.starts_with(s.as_str()) {
+                return Some((pos, true));
             }
-            if s.starts_with(&text[start..]) {
-                best = best.max(len);
-            }
+            partial |= s.starts_with(rest);
+        }
+        if partial {
+            return Some((pos, false));
         }
     }
-    best
+    None
 }
 
 /// Seconds since the Unix epoch, for `created` fields (0 if the clock is before 1970).
