@@ -239,19 +239,17 @@ impl DeploymentConfig {
     pub fn price(&self) -> Price {
         let mut p = known_price(&self.model).unwrap_or_default();
         if let Some(v) = self.input_usd_per_mtok {
-            p.input_micros_per_mtok = Price::per_mtok(v, 0.0).input_micros_per_mtok;
+            p = p.with_input(v);
         }
         if let Some(v) = self.output_usd_per_mtok {
-            p.output_micros_per_mtok = Price::per_mtok(0.0, v).output_micros_per_mtok;
+            p = p.with_output(v);
         }
         match self.cached_input_usd_per_mtok {
             Some(c) => p = p.with_cached_input(c),
             // A built-in cached-input price above a configured input price would make cache hits
             // dearer than misses: such a cached price is capped at the input price.
             None => {
-                if p.cached_input_micros_per_mtok > Some(p.input_micros_per_mtok) {
-                    p.cached_input_micros_per_mtok = Some(p.input_micros_per_mtok);
-                }
+                p.cached_input_micros_per_mtok = p.cached_input_micros_per_mtok.map(|c| c.min(p.input_micros_per_mtok));
             }
         }
         if let Some(r) = self.usd_per_request {
@@ -1058,9 +1056,20 @@ pub fn load_dotenv() -> Result<Option<PathBuf>, String> {
     let Some(path) = find_dotenv(&cwd)? else {
         return Ok(None);
     };
-    check_dotenv(&path)?;
-    dotenvy::from_path(&path).map_err(|e| dotenv_error(&path, &e, None))?;
+    let text = read_dotenv(&path)?;
+    check_dotenv(&path, &text)?;
+    // Checked above: this parse of the same bytes cannot fail.
+    dotenvy::from_read(&text[..]).map_err(|_| format!("cannot load {}", path.display()))?;
     Ok(Some(path))
+}
+
+/// A dotenv file's bytes, without a UTF-8 BOM (as dotenvy's own loader skips it).
+fn read_dotenv(path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        bytes.drain(..3);
+    }
+    Ok(bytes)
 }
 
 /// `.env` in `dir` or its nearest ancestor (what `dotenvy::dotenv` loads).
@@ -1077,38 +1086,32 @@ fn find_dotenv(dir: &Path) -> Result<Option<PathBuf>, String> {
     Ok(None)
 }
 
-/// Parses a dotenv file whole without loading it; an error names the file and the (first) line of
-/// the entry that failed.
-pub fn check_dotenv(path: &Path) -> Result<(), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+/// Parses a dotenv file's bytes whole without loading them; an error names the file and the (first)
+/// line of the entry that failed.
+fn check_dotenv(path: &Path, text: &[u8]) -> Result<(), String> {
     let mut reader = LineCountingReader {
-        inner: std::io::BufReader::new(file),
+        inner: text,
         lines: 0,
         mid_line: false,
-        started: false,
     };
-    let failed = dotenvy::from_read_iter(&mut reader).find_map(Result::err);
-    match failed {
-        Some(e) => Err(dotenv_error(path, &e, Some(reader.lines))),
+    match dotenvy::from_read_iter(&mut reader).find_map(Result::err) {
+        Some(e) => Err(dotenv_error(path, &e, reader.lines)),
         None => Ok(()),
     }
 }
 
 /// A dotenv error without the offending text (dotenvy's `Display` quotes the line). `lines_read` is
 /// how many lines the parser had read when it failed: the last line of the failing entry.
-fn dotenv_error(path: &Path, e: &dotenvy::Error, lines_read: Option<usize>) -> String {
+fn dotenv_error(path: &Path, e: &dotenvy::Error, lines_read: usize) -> String {
     match e {
         dotenvy::Error::LineParse(text, _) => {
             // An entry spans several lines when a quoted value does: name its first line.
             let extra = text.trim_end_matches(['\n', '\r']).matches('\n').count();
-            match lines_read {
-                Some(n) => format!(
-                    "{}: line {}: not a valid `KEY=value` entry (a missing `=`, an unquoted space or an unclosed quote?); nothing from the file was loaded",
-                    path.display(),
-                    n.saturating_sub(extra).max(1)
-                ),
-                None => format!("{}: an entry is not a valid `KEY=value` line", path.display()),
-            }
+            format!(
+                "{}: line {}: not a valid `KEY=value` entry (a missing `=`, an unquoted space or an unclosed quote?); nothing from the file was loaded",
+                path.display(),
+                lines_read.saturating_sub(extra).max(1)
+            )
         }
         dotenvy::Error::Io(io) => format!("cannot read {}: {io}", path.display()),
         _ => format!("cannot load {}", path.display()),
@@ -1116,24 +1119,16 @@ fn dotenv_error(path: &Path, e: &dotenvy::Error, lines_read: Option<usize>) -> S
 }
 
 /// Hands the dotenv parser at most one line per `read`, so the lines it has consumed are known when it
-/// fails (its own buffer never runs ahead of the line it is parsing). Skips a UTF-8 BOM, as dotenvy's
-/// loader does.
+/// fails (its own buffer never runs ahead of the line it is parsing).
 struct LineCountingReader<R> {
     inner: R,
     /// Lines handed out, counting a final line without a newline.
     lines: usize,
     mid_line: bool,
-    started: bool,
 }
 
 impl<R: std::io::BufRead> std::io::Read for LineCountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if !self.started {
-            self.started = true;
-            if self.inner.fill_buf()?.starts_with(&[0xEF, 0xBB, 0xBF]) {
-                self.inner.consume(3);
-            }
-        }
         let available = self.inner.fill_buf()?;
         if available.is_empty() || buf.is_empty() {
             return Ok(0);
@@ -1257,7 +1252,10 @@ pub fn mask_url_credentials(url: &str) -> String {
 
 /// Whether a query parameter's name says its value is a credential.
 fn is_secret_param(name: &str) -> bool {
-    let n = percent_decode(name).to_ascii_lowercase().replace(['-', '.'], "_");
+    let n = percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase()
+        .replace(['-', '.'], "_");
     matches!(
         n.as_str(),
         "key" | "pass" | "pwd" | "auth" | "sig" | "signature" | "code" | "credential" | "credentials"
@@ -1274,26 +1272,6 @@ fn is_secret_param(name: &str) -> bool {
     .iter()
     .any(|w| n.contains(w))
         || n.ends_with("_key")
-}
-
-/// `%XX` escapes decoded (invalid ones kept as they are), for matching parameter names.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c)))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Ollama's default port, used when `OLLAMA_HOST` names a host without one (as Ollama itself does).
@@ -1493,7 +1471,7 @@ mod tests {
         let path = dir.path().join(".env");
         let check = |text: &str| {
             std::fs::write(&path, text).unwrap();
-            check_dotenv(&path)
+            check_dotenv(&path, &read_dotenv(&path)?)
         };
         assert_eq!(
             check("# keys\nOPENAI_API_KEY=sk-ok\n\nexport B=\"two\nlines\"\n"),
@@ -1515,10 +1493,10 @@ mod tests {
             );
             assert!(!e.contains("sk-secret-123"), "{e}");
         }
-        // No .env anywhere up the tree is fine; a directory named .env is not a file.
+        // Found from below; a directory named .env on the way is not a file.
         assert_eq!(find_dotenv(dir.path()).unwrap().as_deref(), Some(path.as_path()));
         let sub = dir.path().join("a/b");
-        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::create_dir_all(sub.join(".env")).unwrap();
         assert_eq!(find_dotenv(&sub).unwrap().as_deref(), Some(path.as_path()));
     }
 

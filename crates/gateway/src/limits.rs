@@ -456,7 +456,6 @@ impl Limits {
         }
         let unix = unix_now();
         let period = Spend::period_of(&rec, unix);
-        let start = period.1;
         {
             let mut sp = lock(&s.spend);
             sp.roll(period, 0);
@@ -464,7 +463,7 @@ impl Limits {
         }
         if self.store.is_some() {
             let mut pending = lock(&self.pending);
-            let delta = pending.entry((rec.id.clone(), rec.budget_period, start)).or_insert(0);
+            let delta = pending.entry((rec.id.clone(), period.0, period.1)).or_insert(0);
             *delta = delta.saturating_add(cost.0);
             drop(pending);
             self.notify.notify_one();

@@ -207,13 +207,10 @@ impl AppState {
         }
     }
 
-    /// Records a breaker state change in metrics and the log.
+    /// Records a breaker state change in metrics and the log. (The state gauge is read from the
+    /// breaker at each scrape: an open breaker turns half-open by the clock, with no transition.)
     pub fn on_transition(&self, dep: &Deployment, t: Option<Transition>) {
         let Some(t) = t else { return };
-        self.metrics
-            .breaker_state
-            .get_or_create(&dep.dep_label)
-            .set(t.to.gauge());
         self.metrics
             .breaker_transitions
             .get_or_create(&BreakerTransition {

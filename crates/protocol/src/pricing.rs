@@ -88,6 +88,16 @@ impl Price {
         }
     }
 
+    pub fn with_input(mut self, usd_per_mtok: f64) -> Price {
+        self.input_micros_per_mtok = usd_to_micros(usd_per_mtok);
+        self
+    }
+
+    pub fn with_output(mut self, usd_per_mtok: f64) -> Price {
+        self.output_micros_per_mtok = usd_to_micros(usd_per_mtok);
+        self
+    }
+
     pub fn with_cached_input(mut self, usd_per_mtok: f64) -> Price {
         self.cached_input_micros_per_mtok = Some(usd_to_micros(usd_per_mtok));
         self

@@ -121,23 +121,14 @@ impl ThresholdCalibrator {
     pub fn cut(&self) -> Cut {
         let n = self.ring.len();
         if n < self.min_samples {
-            return Cut {
-                threshold: self.fallback,
-                tie_share: 1.0,
-            };
+            return Cut::plain(self.fallback);
         }
         let strong = (self.target_share * n as f64).round() as usize;
         if strong == 0 {
-            return Cut {
-                threshold: f32::INFINITY,
-                tie_share: 1.0,
-            };
+            return Cut::plain(f32::INFINITY);
         }
         if strong >= n {
-            return Cut {
-                threshold: 0.0,
-                tie_share: 1.0,
-            };
+            return Cut::plain(0.0);
         }
         // the (n - strong)-th smallest score (0-based) is the lowest one still sent to strong
         let bin = self.bin_with_rank((n - strong) as u32);
@@ -155,7 +146,7 @@ impl ThresholdCalibrator {
     /// see [`tie_key`]) decides a score tied at the threshold.
     pub fn route_strong(&mut self, score: f32, key: u64) -> bool {
         self.observe(score);
-        self.cut().route_strong(score, key)
+        self.cut().route_strong(score, || key)
     }
 }
 
@@ -169,23 +160,33 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// Whether `score` is tied at the threshold: in its 1/4096 bin, and not below it.
-    pub fn is_tie(&self, score: f32) -> bool {
-        score >= self.threshold && self.threshold.is_finite() && bin_of(score) == bin_of(self.threshold)
+    /// A plain threshold: every score at or above it goes to the strong model.
+    pub fn plain(threshold: f32) -> Self {
+        Cut {
+            threshold,
+            tie_share: 1.0,
+        }
     }
 
-    /// Whether a request with this score goes to the strong model. A tied score goes strong when
-    /// the request's `key` falls in the first `tie_share` of the key space: deterministic for a
-    /// request, and over distinct requests the tied ones split in the calibrated proportion.
-    pub fn route_strong(&self, score: f32, key: u64) -> bool {
-        if score < self.threshold {
-            return false;
-        }
-        if self.tie_share >= 1.0 || !self.is_tie(score) {
-            return true;
+    /// Whether `score` is a tie this cut splits: in the threshold's 1/4096 bin (not below the
+    /// threshold), with only a share of such scores going to the strong model.
+    pub fn splits(&self, score: f32) -> bool {
+        self.tie_share < 1.0
+            && score >= self.threshold
+            && self.threshold.is_finite()
+            && bin_of(score) == bin_of(self.threshold)
+    }
+
+    /// Whether a request with this score goes to the strong model. A split tie goes strong when the
+    /// request's key (asked for only then) falls in the first `tie_share` of the key space:
+    /// deterministic for a request, and over distinct requests the ties split in the calibrated
+    /// proportion.
+    pub fn route_strong(&self, score: f32, key: impl FnOnce() -> u64) -> bool {
+        if !self.splits(score) {
+            return score >= self.threshold;
         }
         // the top 53 bits, mixed, as a fraction in [0, 1)
-        ((mix(key) >> 11) as f64 / (1u64 << 53) as f64) < self.tie_share
+        ((mix(key()) >> 11) as f64 / (1u64 << 53) as f64) < self.tie_share
     }
 }
 
@@ -271,14 +272,19 @@ mod tests {
         let share = f64::from(strong) / 4000.0;
         assert!((share - 0.3).abs() < 0.03, "{share}");
         let cut = c.cut();
-        assert!(cut.is_tie(0.42), "{cut:?}");
+        assert!(cut.splits(0.42), "{cut:?}");
         assert!((cut.tie_share - 0.3).abs() < 1e-9, "{cut:?}");
-        // The same request is decided the same way every time.
-        let key = tie_key(["user", "Summarise ticket #7 in one line."]);
-        assert!((0..10).all(|_| cut.route_strong(0.42, key) == cut.route_strong(0.42, key)));
-        // Scores off the tie are decided by the threshold alone.
+        // Scores off the tie are decided by the threshold alone, without asking for the key.
+        let asked = std::cell::Cell::new(0);
+        let key = || {
+            asked.set(asked.get() + 1);
+            0
+        };
         assert!(cut.route_strong(0.9, key));
         assert!(!cut.route_strong(0.1, key));
+        assert_eq!(asked.get(), 0, "the key is asked for only on a tie");
+        cut.route_strong(0.42, key);
+        assert_eq!(asked.get(), 1);
     }
 
     #[test]
@@ -289,12 +295,12 @@ mod tests {
             c.observe(if i % 5 == 0 { 0.9 } else { 0.5 });
         }
         let cut = c.cut();
-        assert!(cut.is_tie(0.5) && !cut.is_tie(0.9), "{cut:?}");
+        assert!(cut.splits(0.5) && !cut.splits(0.9), "{cut:?}");
         assert!((cut.tie_share - 0.125).abs() < 1e-9, "{cut:?}");
         let strong = (0..1000u64)
             .filter(|&i| {
                 let score = if i % 5 == 0 { 0.9 } else { 0.5 };
-                cut.route_strong(score, tie_key([i.to_string().as_str()]))
+                cut.route_strong(score, || tie_key([i.to_string().as_str()]))
             })
             .count();
         assert!((250..=350).contains(&strong), "{strong}");
@@ -307,7 +313,7 @@ mod tests {
                 tie_share: 1.0
             }
         );
-        assert!(fresh.cut().route_strong(0.5, 0));
+        assert!(fresh.cut().route_strong(0.5, || 0));
     }
 
     #[test]

@@ -33,23 +33,16 @@ impl Anthropic {
     }
 
     pub async fn chat(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChatCompletion, UpstreamError> {
-        let deadline = self.up.deadline();
-        let resp = self
-            .up
-            .post("/v1/messages", self.body(req, target, false)?, deadline)
-            .await?;
-        let body = self.up.read_body(resp, deadline).await?;
+        let body = self.up.call("/v1/messages", self.body(req, target, false)?).await?;
         wire::from_response_cut(&body, target.model, wire::local_stops(req))
             .map_err(|e| UpstreamError::new(UpstreamKind::Protocol, &self.up.name, e.to_string()))
     }
 
     pub async fn chat_stream(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChunkStream, UpstreamError> {
-        let deadline = self.up.deadline();
-        let resp = self
+        let events = self
             .up
-            .post("/v1/messages", self.body(req, target, true)?, deadline)
+            .call_stream("/v1/messages", self.body(req, target, true)?)
             .await?;
-        let events = self.up.sse_events(resp, deadline);
         let translator = StreamTranslator::new(unix_now(), target.model).with_local_stops(wire::local_stops(req));
         Ok(translated(events, translator, self.up.name.clone()))
     }

@@ -31,9 +31,7 @@ impl HuggingFace {
     }
 
     pub async fn chat(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChatCompletion, UpstreamError> {
-        let deadline = self.up.deadline();
-        let resp = self.up.post("/generate", self.body(req)?, deadline).await?;
-        let body = self.up.read_body(resp, deadline).await?;
+        let body = self.up.call("/generate", self.body(req)?).await?;
         // Usage stays unset unless TGI reported both counts; the engine then estimates it (and says so).
         let stops = wire::stop_sequences(req, self.template);
         wire::from_response_with_stops(&body, target.model, &completion_id(), unix_now(), &stops)
@@ -42,9 +40,7 @@ impl HuggingFace {
     }
 
     pub async fn chat_stream(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChunkStream, UpstreamError> {
-        let deadline = self.up.deadline();
-        let resp = self.up.post("/generate_stream", self.body(req)?, deadline).await?;
-        let events = self.up.sse_events(resp, deadline);
+        let events = self.up.call_stream("/generate_stream", self.body(req)?).await?;
         let translator = StreamTranslator::new(&completion_id(), unix_now(), target.model)
             .with_stop_sequences(wire::stop_sequences(req, self.template));
         Ok(translated(events, translator, self.up.name.clone()))

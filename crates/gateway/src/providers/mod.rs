@@ -47,7 +47,14 @@ impl Provider {
                 cfg.stream_usage,
             )),
             ProviderKind::Anthropic => {
-                Provider::Anthropic(anthropic::Anthropic::new(Upstream::new(cfg, Auth::XApiKey)?, cfg)?)
+                // Anthropic's base URL is the host (the SDKs append `/v1/messages`), but OpenAI-style
+                // configs carry `/v1`: take both rather than call `/v1/v1/messages`.
+                let mut up_cfg = cfg.clone();
+                up_cfg.base_url = cfg.base_url.as_deref().map(|u| {
+                    let u = u.trim_end_matches('/');
+                    u.strip_suffix("/v1").unwrap_or(u).to_owned()
+                });
+                Provider::Anthropic(anthropic::Anthropic::new(Upstream::new(&up_cfg, Auth::XApiKey)?, cfg)?)
             }
             ProviderKind::Huggingface => {
                 Provider::HuggingFace(huggingface::HuggingFace::new(Upstream::new(cfg, Auth::Bearer)?, cfg)?)
@@ -235,17 +242,12 @@ fn http_client(cfg: &ProviderConfig) -> Result<HttpClient, String> {
 
 impl Upstream {
     fn new(cfg: &ProviderConfig, auth: Auth) -> Result<Upstream, String> {
-        let mut base_url = cfg
+        let base_url = cfg
             .base_url
             .clone()
             .ok_or_else(|| format!("provider `{}` needs base_url", cfg.name))?
             .trim_end_matches('/')
             .to_owned();
-        // Anthropic's base URL is the host (the SDKs append `/v1/messages`), but OpenAI-style configs
-        // carry `/v1`: take both rather than call `/v1/v1/messages`.
-        if cfg.kind == ProviderKind::Anthropic && base_url.ends_with("/v1") {
-            base_url.truncate(base_url.len() - "/v1".len());
-        }
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
@@ -319,17 +321,35 @@ impl Upstream {
         Ok(())
     }
 
-    /// The end of a call's `total_ms`, counted from now: pass it to [`Upstream::post`] and then to
-    /// [`Upstream::read_body`] or [`Upstream::sse_events`], so one bound covers the whole call
-    /// (headers and body, streaming or not).
-    pub fn deadline(&self) -> tokio::time::Instant {
+    /// POSTs JSON and reads the whole (non-streaming) answer. One `total_ms`, counted from now,
+    /// bounds the header wait and the body together.
+    pub async fn call(&self, path: &str, body: Vec<u8>) -> Result<Bytes, UpstreamError> {
+        let deadline = self.deadline();
+        let resp = self.post(path, body, deadline).await?;
+        self.read_body(resp, deadline).await
+    }
+
+    /// POSTs JSON and returns the answer's SSE events, under the idle timeout and one `total_ms`
+    /// counted from now (not from the response headers).
+    pub async fn call_stream(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<impl Stream<Item = Result<SseEvent, UpstreamError>> + Send + 'static, UpstreamError> {
+        let deadline = self.deadline();
+        let resp = self.post(path, body, deadline).await?;
+        Ok(self.sse_events(resp, deadline))
+    }
+
+    /// The end of a call's `total_ms`, counted from now.
+    fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + self.timeouts.total()
     }
 
     /// POSTs JSON and returns the response once headers arrived with a success status, within
     /// `first_byte_ms` and before `deadline`. Error statuses become `UpstreamError` with the upstream's
     /// message and Retry-After.
-    pub async fn post(
+    async fn post(
         &self,
         path: &str,
         body: Vec<u8>,
@@ -403,13 +423,8 @@ impl Upstream {
         Err(err)
     }
 
-    /// Reads a whole (non-streaming) body before `deadline` (the call's [`Upstream::deadline`], so
-    /// `total_ms` bounds the header wait and the body together).
-    pub async fn read_body(
-        &self,
-        resp: UpstreamResponse,
-        deadline: tokio::time::Instant,
-    ) -> Result<Bytes, UpstreamError> {
+    /// Reads a whole (non-streaming) body before `deadline`.
+    async fn read_body(&self, resp: UpstreamResponse, deadline: tokio::time::Instant) -> Result<Bytes, UpstreamError> {
         match tokio::time::timeout_at(deadline, collect(resp, MAX_BODY)).await {
             Err(_) => Err(self.total_timeout()),
             Ok(Err(BodyError::TooLarge)) => Err(UpstreamError::new(
@@ -449,9 +464,8 @@ impl Upstream {
     }
 
     /// Turns a streaming HTTP response into SSE events, enforcing the idle timeout (longest gap
-    /// between two chunks) and `deadline` (the call's [`Upstream::deadline`]: `total_ms` counted from
-    /// the request, not from the response headers).
-    pub fn sse_events(
+    /// between two chunks) and `deadline`.
+    fn sse_events(
         &self,
         resp: UpstreamResponse,
         deadline: tokio::time::Instant,

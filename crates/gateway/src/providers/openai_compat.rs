@@ -37,12 +37,10 @@ impl OpenAiCompat {
     }
 
     pub async fn chat(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChatCompletion, UpstreamError> {
-        let deadline = self.up.deadline();
-        let resp = self
+        let body = self
             .up
-            .post("/chat/completions", self.body(req, target, false)?, deadline)
+            .call("/chat/completions", self.body(req, target, false)?)
             .await?;
-        let body = self.up.read_body(resp, deadline).await?;
         serde_json::from_slice(&body).map_err(|e| {
             UpstreamError::new(
                 UpstreamKind::Protocol,
@@ -53,13 +51,11 @@ impl OpenAiCompat {
     }
 
     pub async fn chat_stream(&self, req: &ChatRequest, target: &CallTarget<'_>) -> Result<ChunkStream, UpstreamError> {
-        let deadline = self.up.deadline();
-        let resp = self
+        let events = self
             .up
-            .post("/chat/completions", self.body(req, target, true)?, deadline)
+            .call_stream("/chat/completions", self.body(req, target, true)?)
             .await?;
         let name = self.up.name.clone();
-        let events = self.up.sse_events(resp, deadline);
         // State: whether [DONE] or a finish_reason was seen, so a stream that just stops is an error.
         let stream = futures_util::stream::unfold(
             (Box::pin(events), false, false, name),

@@ -97,34 +97,13 @@ where
     let mut quota_wait: Option<Duration> = None;
     for (position, &i) in plan.candidates.iter().enumerate() {
         let d = &st.deployments[i];
-        // An open breaker sends nothing upstream: skip it before taking from the deployment's quota
-        // (with shared limits, that quota is every replica's, and this breaker only this one's).
-        let open_for = d.breaker.retry_in();
-        if !open_for.is_zero() {
-            soonest_retry = Some(soonest_retry.map_or(open_for, |s| s.min(open_for)));
-            tried.push(format!("{} (circuit open)", d.name));
-            continue;
-        }
-        if let Err(wait) = st.limits.deployment_admit(i).await {
-            tried.push(format!("{} (at its rpm/tpm limit)", d.name));
-            quota_wait = Some(quota_wait.map_or(wait, |w: Duration| w.min(wait)));
-            quota_skipped += 1;
-            continue;
-        }
         for attempt in 0..res.max_attempts {
             if Instant::now() >= deadline {
                 // No time left to call: nothing is asked of the upstream, so nothing counts against it.
                 return Err(exhausted(&tried, last, plan.candidates.len(), soonest_retry, true));
             }
-            // A retry is one more request to the provider: it needs room in the deployment's rpm/tpm
-            // too (the first attempt took it above). Without room, fall back to the next candidate.
-            if attempt > 0
-                && let Err(wait) = st.limits.deployment_admit(i).await
-            {
-                tried.push(format!("{} (at its rpm/tpm limit)", d.name));
-                quota_wait = Some(quota_wait.map_or(wait, |w: Duration| w.min(wait)));
-                break;
-            }
+            // The breaker first: an open one sends nothing upstream, so it must not take from the
+            // deployment's quota (with shared limits every replica's, while the breaker is this one's).
             let (permit, t) = d.breaker.try_acquire();
             st.on_transition(d, t);
             let Some(permit) = permit else {
@@ -133,12 +112,22 @@ where
                 tried.push(format!("{} (circuit open)", d.name));
                 break;
             };
+            // Given back if this attempt ends before the upstream answers (no quota, client gone).
+            let release = ReleaseOnDrop { d, permit, armed: true };
+            // Every attempt, a retry too, is one more request to the provider: it needs room in the
+            // deployment's rpm/tpm. Without room, fall back to the next candidate.
+            if let Err(wait) = st.limits.deployment_admit(i).await {
+                drop(release);
+                tried.push(format!("{} (at its rpm/tpm limit)", d.name));
+                quota_wait = Some(quota_wait.map_or(wait, |w: Duration| w.min(wait)));
+                quota_skipped += usize::from(attempt == 0);
+                break;
+            }
             if attempt > 0 {
                 st.metrics.retries.get_or_create(&d.dep_label).inc();
             }
             let sent_at = Instant::now();
             let busy = InFlight::new(d);
-            let release = ReleaseOnDrop { d, permit, armed: true };
             let outcome = tokio::time::timeout_at(deadline, call(d)).await;
             release.disarm();
             drop(busy);

@@ -259,10 +259,9 @@ impl Router {
         self.strategy_name
     }
 
-    /// Scores a request (higher = more need for the strong tier).
+    /// Scores a request (higher = more need for the strong tier), as `auto` routing does.
     pub fn score(&self, req: &ChatRequest, prompt_tokens: u64) -> f32 {
-        let conv = conversation(req, prompt_tokens);
-        self.scorer.score(&conv)
+        self.scorer.score(&conversation(req, prompt_tokens))
     }
 
     /// Plans a request from `tenant` (the API key id; empty without auth), which scopes stickiness.
@@ -279,15 +278,6 @@ impl Router {
         if model == "auto" {
             let mut plan = self.plan_auto(st, req, forced_tier, tenant, need, prompt_tokens)?;
             plan.prompt_tokens_exact = prompt_tokens_exact;
-            if let Some(hash) = &self.feature_hash
-                && st.request_log.enabled()
-            {
-                // Only a copy of the conversation here: the request log computes the features.
-                plan.features = Some(std::sync::Arc::new(crate::request_log::FeatureInput {
-                    conv: conversation(req, prompt_tokens),
-                    hash: hash.clone(),
-                }));
-            }
             return Ok(plan);
         }
         if let Some(&g) = st.group_by_name.get(model) {
@@ -351,6 +341,8 @@ impl Router {
         need: Needs,
         prompt_tokens: u64,
     ) -> Result<Plan, ApiError> {
+        // Built once: scored below, and its features logged by the request log.
+        let conv = conversation(req, prompt_tokens);
         // Eligible deployments per tier, and the first constraint that excluded a tier.
         let mut eligible: Vec<(&str, Vec<usize>)> = Vec::new();
         let mut excluded_by: Option<&'static str> = None;
@@ -391,17 +383,13 @@ impl Router {
             };
             (pos, "forced", format!("tier `{forced}` forced by the client"), None)
         } else {
-            let raw = self.score(req, prompt_tokens);
+            let raw = self.scorer.score(&conv);
             let bias = self.bias.get("auto").copied().unwrap_or(0.0) as f32;
             let score = (raw + bias).clamp(0.0, 1.0);
-            let fixed = |threshold: f32| Cut {
-                threshold,
-                tie_share: 1.0,
-            };
             let (cut, cost_note) = match &self.policy {
-                ThresholdPolicy::Fixed => (fixed(self.threshold), String::new()),
+                ThresholdPolicy::Fixed => (Cut::plain(self.threshold), String::new()),
                 ThresholdPolicy::Share(c) => {
-                    let cut = c.lock().map_or(fixed(self.threshold), |mut c| {
+                    let cut = c.lock().map_or(Cut::plain(self.threshold), |mut c| {
                         c.observe(score);
                         c.cut()
                     });
@@ -416,7 +404,7 @@ impl Router {
                     let strong = eligible[eligible.len() - 1].1[0];
                     let extra = extra_cost(st, cheap, strong, prompt_tokens, u64::from(output));
                     (
-                        fixed(optiroute_router::calibrate::threshold_for_cost(extra, usd_per_point)),
+                        Cut::plain(optiroute_router::calibrate::threshold_for_cost(extra, usd_per_point)),
                         format!(
                             " (strong call +${extra:.6} for ~{prompt_tokens}+{output} tokens, ${usd_per_point} per quality point)"
                         ),
@@ -426,12 +414,8 @@ impl Router {
             let threshold = cut.threshold;
             // A calibrated threshold that many scores tie at sends only a share of the ties to the
             // strong tier, each request by a hash of its messages (the same request, the same tier).
-            let tie = cut.tie_share < 1.0 && cut.is_tie(score);
-            let by_score = if tie {
-                cut.route_strong(score, request_key(req))
-            } else {
-                score >= threshold
-            };
+            let tie = cut.splits(score);
+            let by_score = cut.route_strong(score, || tie_key(req, &conv));
             let sticky = !by_score && self.is_sticky_follow_up(req, tenant);
             let strong = by_score || sticky;
             let tie_note = if tie {
@@ -459,10 +443,13 @@ impl Router {
                     ),
                 )
             } else {
-                let (code, cmp) = match (strong, tie) {
-                    (_, true) => (if strong { "score_high" } else { "score_low" }, "at"),
-                    (true, false) => ("score_high", ">="),
-                    (false, false) => ("score_low", "<"),
+                let code = if strong { "score_high" } else { "score_low" };
+                let cmp = if tie {
+                    "at"
+                } else if strong {
+                    ">="
+                } else {
+                    "<"
                 };
                 (
                     code,
@@ -492,19 +479,29 @@ impl Router {
                 None => "auto".to_owned(),
             },
             cache_ttl_secs: None,
-            features: None, // set by `plan`
+            // Only a copy of the conversation here: the request log computes the features.
+            features: self
+                .feature_hash
+                .as_ref()
+                .filter(|_| st.request_log.enabled())
+                .map(|hash| {
+                    std::sync::Arc::new(crate::request_log::FeatureInput {
+                        conv,
+                        hash: hash.clone(),
+                    })
+                }),
         })
     }
 }
 
-/// A stable key of a request's messages, which decides a score tied at a calibrated threshold.
-fn request_key(req: &ChatRequest) -> u64 {
-    let texts: Vec<String> = req.messages.iter().map(|m| m.text()).collect();
+/// A stable key of a request's messages (their roles as sent, and the texts `conv` already holds),
+/// which decides a score tied at a calibrated threshold.
+fn tie_key(req: &ChatRequest, conv: &Conversation) -> u64 {
     optiroute_router::calibrate::tie_key(
         req.messages
             .iter()
-            .zip(&texts)
-            .flat_map(|(m, t)| [m.role.as_str(), t.as_str()]),
+            .zip(&conv.messages)
+            .flat_map(|(m, c)| [m.role.as_str(), c.text.as_str()]),
     )
 }
 

@@ -131,7 +131,8 @@ where
         deployment: row.try_get("deployment")?,
         strong_tier: tier.is_some() && tier.as_deref() == strong_tier,
         tier,
-        // A cache hit replays an escalated answer with its route reason; the check ran once.
+        // A cache hit replays an escalated answer with its route reason; the check ran once. (The
+        // labelled export's SQL filter in `export` states the same rule.)
         cascade_escalated: route_reason.starts_with(CASCADE_REASON_PREFIX) && cache != "hit",
         route_reason,
         cache,
@@ -151,6 +152,7 @@ where
 pub async fn export(store: &Store, opts: &ExportOptions, out: &mut impl Write) -> anyhow::Result<ExportCounts> {
     let mut sql = EXPORT.to_owned();
     if opts.labelled {
+        // Rated rows, and escalations other than cache replays (as `traffic_row` reads them).
         sql.push_str(&format!(
             " AND (f.score_micros IS NOT NULL OR (r.route_reason LIKE '{CASCADE_REASON_PREFIX}%' AND r.cache_status <> 'hit'))"
         ));
