@@ -515,7 +515,8 @@ pub struct LimitsConfig {
     pub redis_timeout_ms: u64,
     /// Settled usage waiting to reach Redis at most (retried while Redis is away).
     pub settle_queue: usize,
-    /// A concurrency slot held longer than this (a replica died holding it) is freed by Redis.
+    /// A concurrency slot not renewed for this long (its replica died holding it) is freed by Redis;
+    /// a live replica renews the slots it holds every third of this.
     pub concurrency_lease_secs: u64,
 }
 
@@ -528,7 +529,7 @@ impl Default for LimitsConfig {
             replicas: 1,
             redis_timeout_ms: 250,
             settle_queue: 100_000,
-            concurrency_lease_secs: 900,
+            concurrency_lease_secs: 60,
         }
     }
 }

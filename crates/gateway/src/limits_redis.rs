@@ -3,8 +3,9 @@
 //! - Admission is one Lua script (atomic on the Redis server, clock from Redis `TIME`, so replicas'
 //!   clocks do not matter): budget (spend counter ≥ budget → refuse), tokens per minute (GCRA: one
 //!   "theoretical arrival time" per key, charged when a call settles, may go into debt), concurrent
-//!   requests (a sorted set of slots with a lease, so a replica that dies holding slots frees them) and
-//!   requests per minute (a sliding-window log: exactly `rpm` admissions in any 60 s, across replicas).
+//!   requests (a sorted set of slots with a lease, so a replica that dies holding slots frees them; the
+//!   worker renews the leases of the slots its replica holds every third of a lease) and requests per
+//!   minute (a sliding-window log: exactly `rpm` admissions in any 60 s, across replicas).
 //!   Nothing is taken from a refused request.
 //! - Settling (tokens and cost of a finished call) and releasing a concurrency slot happen off the
 //!   request path: they go to a bounded local queue that one worker applies in order, in batches (one
@@ -19,7 +20,7 @@
 //!   (see [`OnError`]), `llm_limits_redis_errors_total{op}` counts it and a warning is logged once per
 //!   outage; Redis is not asked again for a second, then the connection manager reconnects.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -167,6 +168,19 @@ end
 return n
 ";
 
+/// ARGV: lease (ms), then pairs of concurrency key and slot id: every slot this replica holds gets a
+/// fresh lease (a slot Redis lost, say while it was away, is added back: it is still in use).
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lease = tonumber(ARGV[1]) * 1000
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', ARGV[i], now + lease, ARGV[i + 1])
+  redis.call('PEXPIRE', ARGV[i], math.floor(lease / 1000) + 1000)
+end
+return (#ARGV - 1) / 2
+";
+
 /// Work for the Redis worker, applied in the order it was queued.
 #[derive(Debug, Clone)]
 enum Op {
@@ -242,6 +256,8 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(o) = self.owner.upgrade() {
+            // Out of the held set before the release is queued: a renewal never sees a released slot.
+            lock(&o.held).remove(&self.id);
             o.push(Op::Release {
                 conc_key: std::mem::take(&mut self.conc_key),
                 id: std::mem::take(&mut self.id),
@@ -255,8 +271,11 @@ pub struct RedisLimits {
     conn: ConnectionManager,
     admit_script: redis::Script,
     apply_script: redis::Script,
+    renew_script: redis::Script,
     timeout: Duration,
     lease: Duration,
+    /// The concurrency slots this replica holds (slot id → concurrency key), renewed by the worker.
+    held: Mutex<HashMap<String, String>>,
     pub policy: OnError,
     pub replicas: u64,
     /// Unique per process: request and settle ids are `replica:seq`.
@@ -310,8 +329,10 @@ impl RedisLimits {
             conn,
             admit_script: redis::Script::new(ADMIT),
             apply_script: redis::Script::new(APPLY),
+            renew_script: redis::Script::new(RENEW),
             timeout,
             lease: Duration::from_secs(cfg.concurrency_lease_secs),
+            held: Mutex::new(HashMap::new()),
             policy: OnError::parse(&cfg.on_redis_error),
             replicas: cfg.replicas.max(1),
             replica: hex::encode(rand::random::<[u8; 6]>()),
@@ -414,10 +435,13 @@ impl RedisLimits {
         let wait = Duration::from_millis(left(reply[3]));
         Ok(match reply[0] {
             0 => {
-                let slot = rec.max_concurrent.map(|_| Slot {
-                    owner: Arc::downgrade(self),
-                    conc_key,
-                    id,
+                let slot = rec.max_concurrent.map(|_| {
+                    lock(&self.held).insert(id.clone(), conc_key.clone());
+                    Slot {
+                        owner: Arc::downgrade(self),
+                        conc_key,
+                        id,
+                    }
                 });
                 Verdict::Admitted(headers, slot)
             }
@@ -618,6 +642,41 @@ impl RedisLimits {
         }
     }
 
+    /// How often the worker renews held slots: three times per lease, so one failed renewal (Redis
+    /// slow or away for a moment) does not let a slot in use expire.
+    fn renew_every(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// Gives every slot this replica holds a fresh lease. Runs under the drain lock, so it is ordered
+    /// with the queued releases: a slot released before the snapshot is not in it, and a release
+    /// queued after it is applied after the renewal.
+    pub async fn renew(&self) -> bool {
+        let _one_at_a_time = self.draining.lock().await;
+        let held: Vec<(String, String)> = lock(&self.held)
+            .iter()
+            .map(|(id, key)| (key.clone(), id.clone()))
+            .collect();
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        for chunk in held.chunks(BATCH) {
+            let mut inv = self.renew_script.prepare_invoke();
+            inv.arg(lease_ms);
+            for (key, id) in chunk {
+                inv.arg(key).arg(id);
+            }
+            let mut conn = self.conn.clone();
+            let wait = self.timeout.max(Duration::from_secs(1));
+            let error = match tokio::time::timeout(wait, inv.invoke_async::<i64>(&mut conn)).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_owned(),
+            };
+            self.failed("renew", &error);
+            return false;
+        }
+        true
+    }
+
     /// Applies what is queued, waiting at most `within` (for shutdown). Returns whether all was applied.
     pub async fn flush(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
@@ -645,19 +704,30 @@ impl Drop for RedisLimits {
     }
 }
 
-/// Applies queued work as soon as it arrives; while Redis is away, retries at least every second.
+/// Applies queued work as soon as it arrives (while Redis is away, retries at least every second) and
+/// renews the leases of held slots on time.
 async fn worker(owner: Weak<RedisLimits>, notify: Arc<Notify>) {
+    let mut next_renewal = Instant::now();
     loop {
         let idle = match owner.upgrade() {
             None => break,
-            Some(me) if me.queued() > 0 && !me.is_down() => {
-                me.drain().await;
-                false
+            Some(me) => {
+                if Instant::now() >= next_renewal {
+                    next_renewal = Instant::now() + me.renew_every();
+                    if !me.is_down() {
+                        me.renew().await;
+                    }
+                }
+                if me.queued() > 0 && !me.is_down() {
+                    me.drain().await;
+                    None
+                } else {
+                    Some(next_renewal.saturating_duration_since(Instant::now()).min(BACKOFF))
+                }
             }
-            Some(_) => true,
         };
-        if idle {
-            let _ = tokio::time::timeout(BACKOFF, notify.notified()).await;
+        if let Some(idle) = idle {
+            let _ = tokio::time::timeout(idle, notify.notified()).await;
         }
     }
 }

@@ -741,3 +741,100 @@ async fn an_open_breaker_on_one_replica_does_not_spend_the_shared_deployment_quo
     drop(gws);
     db.drop().await;
 }
+
+/// A stream held past its concurrency lease keeps its slot (the replica renews it), a slot Redis lost
+/// is put back, and the slot frees when the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_held_past_its_lease_is_renewed_and_still_counts() {
+    let Some(redis) = Redis::start() else { return };
+    let db = Db::new(false).await;
+    let gws = replicas(2, &db, &redis, |c| {
+        c.limits.concurrency_lease_secs = 1;
+        // About 20 s of stream: far longer than the lease, and dropped as soon as the test is done.
+        c.providers[0].simulated.tokens_per_s = 20.0;
+        c.providers[0].simulated.answer_words = 400;
+    })
+    .await;
+    let (key, id) = create_key(&gws[0], json!({"name": "lease", "max_concurrent": 1})).await;
+    let mut body = chat_body("local", "a long stream");
+    body["stream"] = json!(true);
+    let stream = client()
+        .post(gws[0].chat_url())
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let slots = format!("optiroute:lim:conc:{id}");
+    // Redis' clock and the slot's lease end, both in microseconds.
+    let now_us = || {
+        let c = redis_conn(&redis);
+        async move {
+            let mut c = c.await;
+            let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+            s * 1_000_000 + us
+        }
+    };
+    let lease_end = || {
+        let slots = slots.clone();
+        let c = redis_conn(&redis);
+        async move {
+            let mut c = c.await;
+            let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(&slots)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            v.first().map(|(_, s)| *s as u64)
+        }
+    };
+    let first = lease_end().await.expect("no slot taken in Redis");
+    // Past the first lease's end, the slot is still held: the other replica refuses a second request.
+    assert!(
+        until(Duration::from_secs(20), || {
+            let n = now_us();
+            async move { n.await > first }
+        })
+        .await
+    );
+    let (status, code) = chat(&gws[1], &key, "second").await;
+    assert_eq!((status, code.as_str()), (429, "rate_limit_exceeded"));
+    assert!(lease_end().await.unwrap() > first, "the lease was not renewed");
+
+    // Redis loses the slot (say it restarted): the next renewal puts it back.
+    redis::cmd("DEL")
+        .arg(&slots)
+        .query_async::<i64>(&mut redis_conn(&redis).await)
+        .await
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(20), || {
+            let l = lease_end();
+            async move { l.await.is_some() }
+        })
+        .await
+    );
+    let (status, _) = chat(&gws[1], &key, "third").await;
+    assert_eq!(status, 429);
+
+    // The stream ends (abandoned): its slot is released and not renewed again.
+    drop(stream);
+    let short = || {
+        let mut b = chat_body("local", "after");
+        b["max_tokens"] = json!(1);
+        client().post(gws[1].chat_url()).bearer_auth(&key).json(&b).send()
+    };
+    assert!(
+        until(Duration::from_secs(20), || async {
+            short().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await
+    );
+    assert_redis_never_failed(&gws).await;
+    drop(gws);
+    db.drop().await;
+}
