@@ -240,13 +240,13 @@ fn ends_with_url_or_path(t: &str) -> bool {
 fn parse_number(s: &str) -> Option<f64> {
     let s = s.trim().trim_start_matches('$');
     let (v, rest) = leading_number(s)?;
-    // A plain fraction: `3/4` is 0.75, not 3.
-    if let Some((den, _)) = rest.strip_prefix('/').and_then(leading_number)
-        && den != 0.0
-    {
-        return Some(v / den);
+    // A plain fraction: `3/4` is 0.75, not 3; `7/0` is no number (as `\frac{7}{0}` is not), while a
+    // unit after the slash (`$7/hour`) leaves the number as it is.
+    match rest.strip_prefix('/').and_then(leading_number) {
+        Some((0.0, _)) => None,
+        Some((den, _)) => Some(v / den),
+        None => Some(v),
     }
-    Some(v)
 }
 
 /// The number `s` starts with (digits, `.`, thousands commas, a sign) and the text after it.
@@ -589,7 +589,8 @@ mod tests {
         assert_eq!(final_number("#### 3/4"), Some(0.75));
         assert_eq!(final_number("The answer is \\boxed{3/4}"), Some(0.75));
         assert_eq!(final_number("The answer is 1,200/4."), Some(300.0));
-        assert_eq!(final_number("The answer is 7/0"), Some(7.0));
+        assert_eq!(final_number("The answer is 7/0"), None);
+        assert_eq!(final_number("The answer is $7/hour."), Some(7.0));
         assert_eq!(final_number("\\boxed{42"), Some(42.0));
         assert_eq!(check("3 of 4 slices: \\boxed{\\frac{3}{4}}", MATH), None);
         assert_eq!(final_number("\\boxed{\\frac{3}{0}}"), None);
