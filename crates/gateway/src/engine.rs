@@ -369,6 +369,30 @@ fn exact_prompt_tokens(plan: &Plan, req: &ChatRequest) -> u64 {
     }
 }
 
+/// The text a tool call generated (its function's name and arguments), for a usage estimate.
+fn push_tool_call_text(call: &serde_json::Value, out: &mut String) {
+    let f = call.get("function").unwrap_or(call);
+    for field in ["name", "arguments"] {
+        if let Some(t) = f.get(field).and_then(serde_json::Value::as_str) {
+            out.push_str(t);
+        }
+    }
+}
+
+/// Completion tokens of an answer whose upstream reported no usage: every choice's text and tool calls.
+fn estimate_completion_tokens(c: &ChatCompletion) -> u64 {
+    c.choices
+        .iter()
+        .map(|ch| {
+            let mut calls = String::new();
+            for call in ch.message.tool_calls.iter().flatten() {
+                push_tool_call_text(call, &mut calls);
+            }
+            optiroute_protocol::usage::count_text(&ch.message.text()) + optiroute_protocol::usage::count_text(&calls)
+        })
+        .sum()
+}
+
 /// Counts a call that did not succeed (successes use the deployment's own handle, `d.m.success`).
 fn outcome_metric(st: &AppState, dep_idx: usize, outcome: &'static str) {
     let d = &st.deployments[dep_idx];
@@ -562,11 +586,7 @@ async fn call_json(st: &SharedState, plan: &Plan, req: &ChatRequest, deadline: I
     let (usage, estimated) = match completion.usage {
         Some(u) => (u, false),
         None => {
-            let text: String = completion.choices.first().map(|c| c.message.text()).unwrap_or_default();
-            let u = Usage::new(
-                exact_prompt_tokens(plan, req),
-                optiroute_protocol::usage::count_text(&text),
-            );
+            let u = Usage::new(exact_prompt_tokens(plan, req), estimate_completion_tokens(&completion));
             (u, true)
         }
     };
@@ -793,6 +813,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         started,
         include_usage,
         acc: ChunkAccumulator::default(),
+        other_output: String::new(),
         pieces: Vec::new(),
         upstream_usage: None,
         ttft: None,
@@ -865,6 +886,9 @@ struct LiveStream {
     started: Instant,
     include_usage: bool,
     acc: ChunkAccumulator,
+    /// Generated text the accumulator does not keep (other choices' text, tool calls), for a usage
+    /// estimate.
+    other_output: String,
     pieces: Vec<String>,
     upstream_usage: Option<Usage>,
     ttft: Option<Duration>,
@@ -896,6 +920,16 @@ impl LiveStream {
                 self.pieces.push(t.to_owned());
             }
         }
+        for c in &chunk.choices {
+            if c.index != 0
+                && let Some(t) = &c.delta.content
+            {
+                self.other_output.push_str(t);
+            }
+            for call in c.delta.tool_calls.iter().flatten() {
+                push_tool_call_text(call, &mut self.other_output);
+            }
+        }
         self.acc.push(&chunk);
         // The usage-only chunk is re-emitted at the end with our accounting (if the client wants it).
         if chunk.choices.is_empty() {
@@ -914,7 +948,8 @@ impl LiveStream {
             None => (
                 Usage::new(
                     exact_prompt_tokens(&self.plan, &self.req),
-                    optiroute_protocol::usage::count_text(self.acc.text()),
+                    optiroute_protocol::usage::count_text(self.acc.text())
+                        + optiroute_protocol::usage::count_text(&self.other_output),
                 ),
                 true,
             ),

@@ -401,3 +401,138 @@ async fn a_client_leaving_while_its_stream_is_cached_leaves_no_request_in_flight
         "in-flight count leaked"
     );
 }
+
+/// A loopback OpenAI-compatible upstream that answers each request with the next of `bodies`
+/// (`text/event-stream` when the request asked for a stream, else JSON), the last one repeated.
+async fn scripted_upstream(bodies: Vec<String>) -> String {
+    use std::sync::{Arc, Mutex};
+    let queue = Arc::new(Mutex::new(std::collections::VecDeque::from(bodies)));
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let queue = queue.clone();
+            async move {
+                let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let next = {
+                    let mut q = queue.lock().unwrap();
+                    if q.len() > 1 { q.pop_front() } else { q.front().cloned() }
+                }
+                .unwrap_or_default();
+                let ct = if req["stream"] == true {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                };
+                ([(axum::http::header::CONTENT_TYPE, ct)], next)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn sse(chunks: &[Value]) -> String {
+    let mut out: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+fn chunk(choices: Value) -> Value {
+    json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up-model", "choices": choices})
+}
+
+// An upstream that reports no usage: the completion tokens are estimated from what was generated,
+// which is every choice's text and every tool call, not only the text of the first choice (a tool-call
+// answer was estimated at 0 completion tokens, and `n = 2` at the first choice's share).
+#[tokio::test]
+async fn estimated_usage_counts_tool_calls_and_every_choice() {
+    let args = r#"{\"city\": \"Paris\", \"unit\": \"celsius\", \"days\": 3}"#;
+    let tool_stream = sse(&[
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1",
+            "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}, "finish_reason": null}]),
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments":
+            serde_json::from_str::<String>(&format!("\"{args}\"")).unwrap()}}]}, "finish_reason": null}]),
+        ),
+        chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])),
+    ]);
+    let two_choices = sse(&[
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": "alpha beta gamma"}, "finish_reason": null},
+                     {"index": 1, "delta": {"role": "assistant", "content": "delta epsilon zeta eta theta"}, "finish_reason": null}]),
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {}, "finish_reason": "stop"}, {"index": 1, "delta": {}, "finish_reason": "stop"}]),
+        ),
+    ]);
+    let tool_json = json!({"id": "c2", "object": "chat.completion", "created": 1, "model": "up-model",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                "arguments": serde_json::from_str::<String>(&format!("\"{args}\"")).unwrap()}}]}}]})
+    .to_string();
+    let url = scripted_upstream(vec![tool_stream, two_choices, tool_json]).await;
+    let cfg = config_with(
+        &[("up", optiroute::config::ProviderKind::Openai, &url)],
+        &[("m", "up", "up-model", "cloud")],
+    );
+    let gw = TestGateway::start(cfg).await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let stream_usage = |text: String| {
+        let data = sse_data(&text);
+        let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+        assert_eq!(last["optiroute"]["usage_estimated"], true, "{last}");
+        last["usage"]["completion_tokens"].as_u64().unwrap()
+    };
+    let send = |body: Value| {
+        let url = gw.chat_url();
+        async move {
+            client()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+
+    let mut body = chat_body("m", "weather in Paris?");
+    body["tools"] = tools.clone();
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let tool_tokens = stream_usage(send(body.clone()).await);
+    // "get_weather" and the arguments: well over 10 tokens with any tokenizer.
+    assert!(
+        tool_tokens >= 10,
+        "a streamed tool call was estimated at {tool_tokens} completion tokens"
+    );
+
+    let mut body = chat_body("m", "two answers please");
+    body["n"] = json!(2);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let n2_tokens = stream_usage(send(body).await);
+    let first_only = optiroute_protocol::usage::count_text("alpha beta gamma");
+    let both = first_only + optiroute_protocol::usage::count_text("delta epsilon zeta eta theta");
+    assert_eq!(n2_tokens, both, "n = 2: both choices were generated and paid for");
+
+    let mut body = chat_body("m", "weather in Paris, as JSON?");
+    body["tools"] = tools;
+    let v: Value = serde_json::from_str(&send(body).await).unwrap();
+    assert_eq!(v["optiroute"]["usage_estimated"], true, "{v}");
+    let json_tokens = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(
+        json_tokens >= 10,
+        "a tool call was estimated at {json_tokens} completion tokens"
+    );
+    assert_eq!(
+        json_tokens, tool_tokens,
+        "the same call, streamed or not, is estimated the same"
+    );
+}
