@@ -225,10 +225,11 @@ impl CachePlan {
 }
 
 /// Looks the request up in the cache and counts a hit; a miss is counted once its outcome is known
-/// ([`count_missed_lookup`]).
-async fn lookup(st: &AppState, cp: &CachePlan) -> Option<Arc<CachedResponse>> {
+/// ([`count_missed_lookup`]). For a stream, an entry a replay would not reproduce is a miss.
+async fn lookup(st: &AppState, cp: &CachePlan, stream: bool) -> Option<Arc<CachedResponse>> {
     let key = cp.key.as_ref().filter(|_| cp.lookup)?;
     match st.cache.get(key).await {
+        Ok(v) if stream && !v.replayable => None,
         Ok(v) => {
             st.metrics.hot.cache_hit.inc();
             st.ledger.cache_hits.fetch_add(1, Relaxed);
@@ -283,6 +284,24 @@ async fn store(st: &AppState, cp: &CachePlan, value: &Arc<CachedResponse>) {
 /// prompt gets its answer again instead of the stand-in's for the cache's whole TTL.
 fn is_stand_in(st: &AppState, plan: &Plan, dep: usize) -> bool {
     plan.target == Target::Auto && plan.tier.is_some() && st.deployments[dep].tier != plan.tier
+}
+
+/// Whether fields a replay does not reproduce hold anything (OpenAI sends `"logprobs": null`,
+/// `"refusal": null` and `"annotations": []` with every answer).
+fn carries(extra: &serde_json::Map<String, serde_json::Value>) -> bool {
+    extra.values().any(|v| match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::Object(o) => !o.is_empty(),
+        _ => true,
+    })
+}
+
+/// Whether [`replay`] reproduces an answer: its choices hold only a message's text and a finish reason.
+fn replays_faithfully(c: &ChatCompletion) -> bool {
+    c.choices
+        .iter()
+        .all(|ch| !carries(&ch.extra) && !carries(&ch.message.extra))
 }
 
 /// Whether an answer may be cached: complete, and not a tool-call turn.
@@ -431,7 +450,7 @@ async fn complete_planned(
     started: Instant,
 ) -> Result<(ChatCompletion, Meta), ApiError> {
     let mut cp = cache_plan(st, req, &plan, ctx);
-    if let Some(hit) = lookup(st, &cp).await {
+    if let Some(hit) = lookup(st, &cp, false).await {
         let meta = hit_meta(st, &hit, &plan, started);
         crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
         return Ok((hit.completion.clone(), meta));
@@ -541,6 +560,7 @@ async fn complete_planned(
             cost,
             usage,
             usage_estimated: estimated,
+            replayable: replays_faithfully(&completion),
         });
         store(st, &cp, &entry).await;
         if let Some(g) = _leader {
@@ -704,7 +724,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         return Ok(replay(&completion, None, usage, meta, include_usage));
     }
     let mut cp = cache_plan(st, &req, &plan, ctx);
-    if let Some(hit) = lookup(st, &cp).await {
+    if let Some(hit) = lookup(st, &cp, true).await {
         let meta = hit_meta(st, &hit, &plan, started);
         st.ledger
             .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
@@ -715,7 +735,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
     let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
         Some(key) => match Coalescer::join_owned(st, key) {
             OwnedFlight::Follower(rx) => {
-                if let Some(v) = follow(rx, deadline).await {
+                if let Some(v) = follow(rx, deadline).await.filter(|v| v.replayable) {
                     count_missed_lookup(st, &cp, true);
                     let meta = hit_meta(st, &v, &plan, started);
                     st.ledger
@@ -724,7 +744,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
                     return Ok(replay_hit(v, meta, include_usage));
                 }
                 // Waiting for a leader (a live stream is not bounded by the deadline after its first
-                // byte) is not an attempt: the follower's own call gets a full deadline.
+                // byte, and its answer may be one a replay would not reproduce) is not an attempt: the follower's own call gets a full deadline.
                 deadline = self::deadline(st);
                 None
             }
@@ -814,6 +834,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         include_usage,
         acc: ChunkAccumulator::default(),
         other_output: String::new(),
+        faithful: true,
         pieces: Vec::new(),
         upstream_usage: None,
         ttft: None,
@@ -889,6 +910,9 @@ struct LiveStream {
     /// Generated text the accumulator does not keep (other choices' text, tool calls), for a usage
     /// estimate.
     other_output: String,
+    /// Whether the chunks held only what a replay reproduces (see [`replays_faithfully`]); a stream
+    /// with more (`logprobs`, reasoning) is not cached.
+    faithful: bool,
     pieces: Vec<String>,
     upstream_usage: Option<Usage>,
     ttft: Option<Duration>,
@@ -921,6 +945,9 @@ impl LiveStream {
             }
         }
         for c in &chunk.choices {
+            if carries(&c.extra) || carries(&c.delta.extra) {
+                self.faithful = false;
+            }
             if c.index != 0
                 && let Some(t) = &c.delta.content
             {
@@ -1020,7 +1047,7 @@ impl LiveStream {
         leave_in_flight(&st, d);
         let acc = std::mem::take(&mut self.acc);
         let completion = acc.into_completion();
-        if self.cp.key.is_some() && cacheable_answer(&completion) {
+        if self.cp.key.is_some() && self.faithful && cacheable_answer(&completion) {
             let entry = Arc::new(CachedResponse {
                 completion,
                 pieces: Some(std::mem::take(&mut self.pieces)),
@@ -1031,6 +1058,7 @@ impl LiveStream {
                 cost,
                 usage,
                 usage_estimated: estimated,
+                replayable: true,
             });
             store(&st, &self.cp, &entry).await;
             if let Some(l) = self.leader.take() {

@@ -536,3 +536,82 @@ async fn estimated_usage_counts_tool_calls_and_every_choice() {
         "the same call, streamed or not, is estimated the same"
     );
 }
+
+// What the cache cannot replay is not served from it: a streamed answer with log probabilities was
+// stored as its text alone, so the next identical request (streamed, or not: they share the key) got
+// the answer without the `logprobs` it asked for. Such a stream is not stored; a JSON answer that
+// carries them is served from the cache to JSON requests only, never replayed as a stream without them.
+#[tokio::test]
+async fn answers_with_logprobs_are_never_served_without_them() {
+    let lp = |t: &str| json!({"content": [{"token": t, "logprob": -0.25, "bytes": null, "top_logprobs": []}]});
+    let stream = sse(&[
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+        ),
+        chunk(json!([{"index": 0, "delta": {"content": "Paris"}, "logprobs": lp("Paris"), "finish_reason": null}])),
+        chunk(json!([{"index": 0, "delta": {"content": "."}, "logprobs": lp("."), "finish_reason": null}])),
+        chunk(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}])),
+    ]);
+    let completion = json!({"id": "c2", "object": "chat.completion", "created": 1, "model": "up-model",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Paris."},
+            "logprobs": {"content": [{"token": "Paris", "logprob": -0.25, "bytes": null, "top_logprobs": []},
+                                     {"token": ".", "logprob": -0.25, "bytes": null, "top_logprobs": []}]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+    .to_string();
+    // Each request gets the next body; the answer's form follows what the gateway asked for.
+    let url = scripted_upstream(vec![
+        stream.clone(),
+        stream.clone(),
+        completion.clone(),
+        stream,
+        completion,
+    ])
+    .await;
+    let cfg = config_with(
+        &[("up", optiroute::config::ProviderKind::Openai, &url)],
+        &[("m", "up", "up-model", "cloud")],
+    );
+    let gw = TestGateway::start(cfg).await;
+    let mut body = chat_body("m", "capital of France?");
+    body["logprobs"] = json!(true);
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let ask_stream = || {
+        let (url, b) = (gw.chat_url(), streamed.clone());
+        async move {
+            let r = client().post(url).json(&b).send().await.unwrap();
+            let cache = r.headers()["x-optiroute-cache"].to_str().unwrap().to_owned();
+            let text = r.text().await.unwrap();
+            let with_logprobs = sse_data(&text)
+                .iter()
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter(|v| v["choices"][0]["logprobs"].is_object())
+                .count();
+            (cache, sse_content(&text), with_logprobs)
+        }
+    };
+    let (cache, text, n) = ask_stream().await;
+    assert_eq!((cache.as_str(), text.as_str(), n), ("miss", "Paris.", 2));
+    let (cache, text, n) = ask_stream().await;
+    assert_eq!(
+        (text.as_str(), n),
+        ("Paris.", 2),
+        "second stream ({cache}) lost its logprobs"
+    );
+    let (cache, v) = ask(&gw, &body, &[]).await;
+    assert!(
+        v["choices"][0]["logprobs"]["content"].is_array(),
+        "JSON ({cache}) without logprobs: {v}"
+    );
+    // The JSON answer is kept for JSON requests...
+    let (cache, v) = ask(&gw, &body, &[]).await;
+    assert_eq!(cache, "hit");
+    assert!(v["choices"][0]["logprobs"]["content"].is_array(), "{v}");
+    // ... and a stream is not replayed from it without them.
+    let (cache, text, n) = ask_stream().await;
+    assert_eq!(
+        (text.as_str(), n),
+        ("Paris.", 2),
+        "stream ({cache}) after a JSON answer lost its logprobs"
+    );
+}
