@@ -55,6 +55,14 @@ impl CachedResponse {
     }
 }
 
+/// The longest time an entry is kept (100 years): a longer TTL, such as `u64::MAX` seconds for
+/// "never", would overflow the clock (a panic) or Redis' expiry.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn clamp_ttl(ttl: Duration) -> Duration {
+    ttl.min(MAX_TTL)
+}
+
 /// The cache key of a request.
 pub fn key(req: &ChatRequest, scope: &str, tenant: &str) -> Key {
     let mut v = match serde_json::to_value(req) {
@@ -154,6 +162,7 @@ impl Cache {
 
     /// Stores an entry; returns false when the backend failed.
     pub async fn put(&self, key: Key, value: Arc<CachedResponse>, ttl: Duration) -> bool {
+        let ttl = clamp_ttl(ttl);
         match &self.backend {
             Backend::Memory(m) => {
                 m.insert(
@@ -346,6 +355,18 @@ mod tests {
         assert!(c.get(&[1; 32]).await.is_ok());
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(c.get(&[1; 32]).await.err(), Some(Lookup::Miss));
+    }
+
+    // `ttl_secs = 18446744073709551615` ("never expire") is accepted by the config: storing with it
+    // panicked (an Instant overflow) in every cacheable request.
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_ttl_is_a_long_one_not_a_panic() {
+        let c = Cache::new(&CacheConfig::default()).await.unwrap();
+        assert!(c.put([1; 32], entry("a"), Duration::from_secs(u64::MAX)).await);
+        tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+        assert!(c.get(&[1; 32]).await.is_ok());
+        assert_eq!(clamp_ttl(Duration::MAX), MAX_TTL);
+        //PX
     }
 
     #[tokio::test]
