@@ -429,13 +429,15 @@ fn deadline(st: &AppState) -> Instant {
     Instant::now() + Duration::from_millis(st.cfg.resilience.deadline_ms)
 }
 
-/// A non-streaming completion.
+/// A non-streaming completion, for a request that arrived at `started`. A success is recorded (ledger,
+/// request log) here, before the answer's cache store: a client that leaves during that store cancels
+/// this future, and the call is paid for.
 pub async fn complete(
     st: &SharedState,
     req: &ChatRequest,
     ctx: &RequestCtx,
+    started: Instant,
 ) -> Result<(ChatCompletion, Meta), ApiError> {
-    let started = Instant::now();
     crate::auth::check_model(st, ctx, &req.model)?;
     let plan = st.router.plan(st, req, ctx.forced_tier.as_deref(), &ctx.tenant)?;
     complete_planned(st, req, ctx, plan, started).await
@@ -449,10 +451,15 @@ async fn complete_planned(
     plan: Plan,
     started: Instant,
 ) -> Result<(ChatCompletion, Meta), ApiError> {
+    let served = |meta: &Meta| {
+        st.ledger
+            .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
+        crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, meta, 200);
+    };
     let mut cp = cache_plan(st, req, &plan, ctx);
     if let Some(hit) = lookup(st, &cp, false).await {
         let meta = hit_meta(st, &hit, &plan, started);
-        crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
+        served(&meta);
         return Ok((hit.completion.clone(), meta));
     }
     let mut deadline = deadline(st);
@@ -462,7 +469,7 @@ async fn complete_planned(
                 if let Some(v) = follow(rx, deadline).await {
                     count_missed_lookup(st, &cp, true);
                     let meta = hit_meta(st, &v, &plan, started);
-                    crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
+                    served(&meta);
                     return Ok((v.completion.clone(), meta));
                 }
                 // Waiting for a leader is not an attempt: the follower's own call gets a full deadline.
@@ -547,6 +554,7 @@ async fn complete_planned(
     st.metrics
         .overhead
         .observe(started.elapsed().saturating_sub(upstream).as_secs_f64());
+    served(&meta);
     // A stand-in is shared with coalesced followers (they asked at the same moment) but not stored.
     cp.store &= !stand_in;
     if cp.key.is_some() && cacheable_answer(&completion) {
@@ -567,7 +575,6 @@ async fn complete_planned(
             g.publish(entry);
         }
     }
-    crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
     Ok((completion, meta))
 }
 
@@ -718,8 +725,6 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         // The check needs the whole cheap answer before anything is sent: answer in full (escalating
         // if the check fails), then replay the answer as a stream.
         let (completion, meta) = complete_planned(st, &req, ctx, plan, started).await?;
-        st.ledger
-            .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
         let usage = meta.usage.unwrap_or_default();
         return Ok(replay(&completion, None, usage, meta, include_usage));
     }

@@ -284,7 +284,8 @@ fn render_completion(completion: &ChatCompletion, meta: &Meta) -> serde_json::Re
     )
 }
 
-/// Runs a non-streaming completion, records it (ledger, log line) and renders the body with `render`.
+/// Runs a non-streaming completion, records it (log line; the ledger here for a failure, in the engine for
+/// a success) and renders the body with `render`.
 async fn complete_json(
     st: &SharedState,
     id: &RequestId,
@@ -293,10 +294,9 @@ async fn complete_json(
     started: Instant,
     render: impl FnOnce(&ChatCompletion, &Meta) -> serde_json::Result<Vec<u8>>,
 ) -> Response {
-    match engine::complete(st, req, ctx).await {
+    // A success is on the ledger already (see `engine::complete`).
+    match engine::complete(st, req, ctx, started).await {
         Ok((completion, meta)) => {
-            st.ledger
-                .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
             let body = match render(&completion, &meta) {
                 Ok(b) => b,
                 Err(e) => {

@@ -615,3 +615,52 @@ async fn answers_with_logprobs_are_never_served_without_them() {
         "stream ({cache}) after a JSON answer lost its logprobs"
     );
 }
+
+// A JSON answer is paid for before it is stored: a client that leaves while the store waits on a slow
+// Redis must not take the request's cost out of the ledger's total and the request log.
+#[tokio::test]
+async fn a_client_leaving_while_its_answer_is_cached_still_has_its_cost_counted() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_mock, gw) = openai_setup(|c| {
+        c.cache.backend = "redis".into();
+        c.cache.redis_url = Some(redis.url());
+        c.cache.redis_timeout_ms = 2_000;
+        c.store.database_url = Some(format!("sqlite://{}?mode=rwc", dir.path().join("log.db").display()));
+    })
+    .await;
+    assert!(
+        until_cached(&gw, "warm", Duration::from_secs(5)).await,
+        "the Redis cache never connected"
+    );
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let l = &gw.state.ledger;
+    let (requests, cost) = (count(&l.requests), count(&l.cost));
+    assert!(cost > 0 && cost == count(&l.per_deployment[0].cost));
+    // A slow Redis: writes wait for 3 s.
+    assert_eq!(redis.query("CLIENT PAUSE 3000 WRITE"), "+OK");
+    let (url, body) = (gw.chat_url(), chat_body("m", "leave early"));
+    let req = tokio::spawn(async move { client().post(url).json(&body).send().await });
+    assert!(
+        eventually(Duration::from_secs(5), || redis
+            .query("INFO clients")
+            .contains("blocked_clients:1"))
+        .await
+    );
+    // The answer is paid for and its store waits on Redis: the client leaves now.
+    req.abort();
+    assert!(
+        eventually(Duration::from_secs(10), || count(&l.requests) == requests + 1).await,
+        "the request was never counted"
+    );
+    assert_eq!(
+        count(&l.cost),
+        count(&l.per_deployment[0].cost),
+        "the ledger lost its cost"
+    );
+    assert!(count(&l.cost) > cost);
+    let store = gw.state.request_log.store().unwrap().clone();
+    assert!(gw.state.request_log.flush(Duration::from_secs(5)).await);
+    let rows = optiroute::request_log::recent(&store, 100).await.unwrap();
+    assert_eq!(rows.len() as u64, requests + 1, "one request-log row per request");
+}
