@@ -86,103 +86,108 @@ fn as_usd<S: serde::Serializer>(n: &Nanos, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Single flight: concurrent identical cacheable requests share one upstream call.
+///
+/// The first request for a key leads: it calls upstream and shares its answer with the requests
+/// that arrive while it is in flight (followers). A leader that ends without an answer to share
+/// (an error, or an answer that is not cacheable) says so, and each follower calls on its own. A
+/// leader that never ends (its client left, which cancels its handler) says nothing: its followers
+/// elect a new leader among themselves instead of all calling upstream at once.
 #[derive(Default)]
 pub struct Coalescer {
-    inflight: Mutex<HashMap<Key, watch::Receiver<Option<Arc<CachedResponse>>>>>,
+    inflight: Mutex<HashMap<Key, watch::Receiver<Lead>>>,
 }
 
-pub enum Flight<'a> {
-    Leader(LeaderGuard<'a>),
-    Follower(watch::Receiver<Option<Arc<CachedResponse>>>),
+/// What the leader of a flight has to say so far.
+#[derive(Clone)]
+enum Lead {
+    Pending,
+    Answer(Arc<CachedResponse>),
+    /// The leader finished without an answer to share.
+    Nothing,
 }
 
-/// Held by the request that calls upstream. Publishing (or dropping, on failure) releases followers.
-pub struct LeaderGuard<'a> {
-    co: &'a Coalescer,
-    key: Key,
-    tx: watch::Sender<Option<Arc<CachedResponse>>>,
-}
-
-impl LeaderGuard<'_> {
-    pub fn publish(self, value: Arc<CachedResponse>) {
-        let _ = self.tx.send(Some(value));
-    }
-}
-
-impl Drop for LeaderGuard<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.co.inflight.lock() {
-            m.remove(&self.key);
-        }
-    }
-}
-
-impl Coalescer {
-    pub fn join(&self, key: Key) -> Flight<'_> {
-        let Ok(mut m) = self.inflight.lock() else {
-            let (tx, _) = watch::channel(None);
-            return Flight::Leader(LeaderGuard { co: self, key, tx });
-        };
-        if let Some(rx) = m.get(&key) {
-            return Flight::Follower(rx.clone());
-        }
-        let (tx, rx) = watch::channel(None);
-        m.insert(key, rx);
-        Flight::Leader(LeaderGuard { co: self, key, tx })
-    }
-
-    /// An owned leader slot, for streams whose guard must outlive the handler.
-    pub fn join_owned(st: &SharedState, key: Key) -> OwnedFlight {
-        let Ok(mut m) = st.coalescer.inflight.lock() else {
-            return OwnedFlight::Alone;
-        };
-        if let Some(rx) = m.get(&key) {
-            return OwnedFlight::Follower(rx.clone());
-        }
-        let (tx, rx) = watch::channel(None);
-        m.insert(key, rx);
-        OwnedFlight::Leader(OwnedLeader {
-            st: st.clone(),
-            key,
-            tx,
-        })
-    }
-}
-
-pub enum OwnedFlight {
-    Leader(OwnedLeader),
-    Follower(watch::Receiver<Option<Arc<CachedResponse>>>),
+/// The outcome of joining a flight.
+enum Coalesced {
+    /// This request leads: it calls upstream, then publishes or finishes.
+    Lead(Leader),
+    /// A leader's answer.
+    Answer(Arc<CachedResponse>),
+    /// Call alone: the leader had nothing to share, or took longer than the deadline.
     Alone,
 }
 
-pub struct OwnedLeader {
+/// Held by the request that calls upstream; followers wait on it. Dropped without [`Leader::publish`]
+/// or [`Leader::finish`], it tells them the leader was cancelled.
+pub struct Leader {
     st: SharedState,
     key: Key,
-    tx: watch::Sender<Option<Arc<CachedResponse>>>,
+    tx: watch::Sender<Lead>,
 }
 
-impl OwnedLeader {
+impl Leader {
+    /// Hands the answer to the followers (before it is stored: they need not wait for the store).
     fn publish(&self, value: Arc<CachedResponse>) {
-        let _ = self.tx.send(Some(value));
+        self.tx.send_replace(Lead::Answer(value));
+    }
+
+    /// Tells the followers that no answer is coming (a no-op after [`Leader::publish`]).
+    fn finish(&self) {
+        self.tx.send_if_modified(|l| match l {
+            Lead::Pending => {
+                *l = Lead::Nothing;
+                true
+            }
+            _ => false,
+        });
     }
 }
 
-impl Drop for OwnedLeader {
+impl Drop for Leader {
     fn drop(&mut self) {
+        // Out of the map before `tx` closes: a follower that sees the close finds no stale entry.
         if let Ok(mut m) = self.st.coalescer.inflight.lock() {
             m.remove(&self.key);
         }
     }
 }
 
-/// Waits for a leader's answer, at most until `deadline`. `None`: the leader failed or took too long.
-async fn follow(
-    mut rx: watch::Receiver<Option<Arc<CachedResponse>>>,
+/// Joins the flight for `key`, waiting at most until `deadline` for a leader's answer. `accept`:
+/// whether this request can use a leader's answer (a stream needs one a replay reproduces).
+async fn coalesce(
+    st: &SharedState,
+    key: Key,
     deadline: Instant,
-) -> Option<Arc<CachedResponse>> {
-    match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
-        Ok(Ok(v)) => v.clone(),
-        _ => None,
+    accept: impl Fn(&CachedResponse) -> bool,
+) -> Coalesced {
+    loop {
+        let mut rx = {
+            let Ok(mut m) = st.coalescer.inflight.lock() else {
+                return Coalesced::Alone;
+            };
+            match m.get(&key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(Lead::Pending);
+                    m.insert(key, rx);
+                    return Coalesced::Lead(Leader {
+                        st: st.clone(),
+                        key,
+                        tx,
+                    });
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, rx.wait_for(|l| !matches!(l, Lead::Pending))).await {
+            Ok(Ok(lead)) => {
+                return match &*lead {
+                    Lead::Answer(v) if accept(v) => Coalesced::Answer(v.clone()),
+                    _ => Coalesced::Alone,
+                };
+            }
+            // The leader was cancelled: join again (one of the followers leads now).
+            Ok(Err(_closed)) => {}
+            Err(_elapsed) => return Coalesced::Alone,
+        }
     }
 }
 
@@ -443,6 +448,13 @@ pub async fn complete(
     complete_planned(st, req, ctx, plan, started).await
 }
 
+/// Records a served non-streaming request (ledger, request log).
+fn served(st: &AppState, ctx: &RequestCtx, started: Instant, meta: &Meta) {
+    st.ledger
+        .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
+    crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, meta, 200);
+}
+
 /// [`complete`] once the request is authorised and routed.
 async fn complete_planned(
     st: &SharedState,
@@ -451,35 +463,52 @@ async fn complete_planned(
     plan: Plan,
     started: Instant,
 ) -> Result<(ChatCompletion, Meta), ApiError> {
-    let served = |meta: &Meta| {
-        st.ledger
-            .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
-        crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, meta, 200);
-    };
-    let mut cp = cache_plan(st, req, &plan, ctx);
+    let served = |meta: &Meta| served(st, ctx, started, meta);
+    let cp = cache_plan(st, req, &plan, ctx);
     if let Some(hit) = lookup(st, &cp, false).await {
         let meta = hit_meta(st, &hit, &plan, started);
         served(&meta);
         return Ok((hit.completion.clone(), meta));
     }
     let mut deadline = deadline(st);
-    let _leader = match cp.key.filter(|_| cp.lookup && cp.store) {
-        Some(key) => match st.coalescer.join(key) {
-            Flight::Follower(rx) => {
-                if let Some(v) = follow(rx, deadline).await {
-                    count_missed_lookup(st, &cp, true);
-                    let meta = hit_meta(st, &v, &plan, started);
-                    served(&meta);
-                    return Ok((v.completion.clone(), meta));
-                }
+    let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
+        Some(key) => match coalesce(st, key, deadline, |_| true).await {
+            Coalesced::Answer(v) => {
+                count_missed_lookup(st, &cp, true);
+                let meta = hit_meta(st, &v, &plan, started);
+                served(&meta);
+                return Ok((v.completion.clone(), meta));
+            }
+            Coalesced::Lead(l) => Some(l),
+            Coalesced::Alone => {
                 // Waiting for a leader is not an attempt: the follower's own call gets a full deadline.
                 deadline = self::deadline(st);
                 None
             }
-            Flight::Leader(g) => Some(g),
         },
         None => None,
     };
+    let answered = lead_json(st, req, ctx, plan, started, cp, leader.as_ref(), deadline).await;
+    // Reached unless this request was cancelled: followers learn that no answer is coming, if so.
+    if let Some(l) = &leader {
+        l.finish();
+    }
+    answered
+}
+
+/// The upstream part of [`complete_planned`]: calls (escalating a cascade), accounts, records and
+/// stores the answer, handing it to the flight's followers if this request leads one.
+#[allow(clippy::too_many_arguments)]
+async fn lead_json(
+    st: &SharedState,
+    req: &ChatRequest,
+    ctx: &RequestCtx,
+    plan: Plan,
+    started: Instant,
+    mut cp: CachePlan,
+    leader: Option<&Leader>,
+    deadline: Instant,
+) -> Result<(ChatCompletion, Meta), ApiError> {
     count_missed_lookup(st, &cp, false);
     record_decision(st, &plan);
     let mut call = call_json(st, &plan, req, deadline).await?;
@@ -554,7 +583,7 @@ async fn complete_planned(
     st.metrics
         .overhead
         .observe(started.elapsed().saturating_sub(upstream).as_secs_f64());
-    served(&meta);
+    served(st, ctx, started, &meta);
     // A stand-in is shared with coalesced followers (they asked at the same moment) but not stored.
     cp.store &= !stand_in;
     if cp.key.is_some() && cacheable_answer(&completion) {
@@ -570,10 +599,10 @@ async fn complete_planned(
             usage_estimated: estimated,
             replayable: replays_faithfully(&completion),
         });
-        store(st, &cp, &entry).await;
-        if let Some(g) = _leader {
-            g.publish(entry);
+        if let Some(l) = leader {
+            l.publish(entry.clone());
         }
+        store(st, &cp, &entry).await;
     }
     Ok((completion, meta))
 }
@@ -738,23 +767,23 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
     }
     let mut deadline = deadline(st);
     let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
-        Some(key) => match Coalescer::join_owned(st, key) {
-            OwnedFlight::Follower(rx) => {
-                if let Some(v) = follow(rx, deadline).await.filter(|v| v.replayable) {
-                    count_missed_lookup(st, &cp, true);
-                    let meta = hit_meta(st, &v, &plan, started);
-                    st.ledger
-                        .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
-                    crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
-                    return Ok(replay_hit(v, meta, include_usage));
-                }
+        Some(key) => match coalesce(st, key, deadline, |v| v.replayable).await {
+            Coalesced::Answer(v) => {
+                count_missed_lookup(st, &cp, true);
+                let meta = hit_meta(st, &v, &plan, started);
+                st.ledger
+                    .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
+                crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
+                return Ok(replay_hit(v, meta, include_usage));
+            }
+            Coalesced::Lead(l) => Some(l),
+            Coalesced::Alone => {
                 // Waiting for a leader (a live stream is not bounded by the deadline after its first
-                // byte, and its answer may be one a replay would not reproduce) is not an attempt: the follower's own call gets a full deadline.
+                // byte, and its answer may be one a replay would not reproduce) is not an attempt:
+                // the follower's own call gets a full deadline.
                 deadline = self::deadline(st);
                 None
             }
-            OwnedFlight::Leader(l) => Some(l),
-            OwnedFlight::Alone => None,
         },
         None => None,
     };
@@ -801,7 +830,16 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
             }
         }
     })
-    .await?;
+    .await;
+    let served = match served {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(l) = &leader {
+                l.finish();
+            }
+            return Err(e);
+        }
+    };
     let d = &st.deployments[served.dep];
     cp.store &= !is_stand_in(st, &plan, served.dep);
     let meta = Meta {
@@ -905,7 +943,7 @@ struct LiveStream {
     request_id: String,
     plan: Plan,
     cp: CachePlan,
-    leader: Option<OwnedLeader>,
+    leader: Option<Leader>,
     dep: usize,
     permit: Option<Permit>,
     sent_at: Instant,
@@ -1065,10 +1103,13 @@ impl LiveStream {
                 usage_estimated: estimated,
                 replayable: true,
             });
-            store(&st, &self.cp, &entry).await;
-            if let Some(l) = self.leader.take() {
-                l.publish(entry);
+            if let Some(l) = &self.leader {
+                l.publish(entry.clone());
             }
+            store(&st, &self.cp, &entry).await;
+        }
+        if let Some(l) = self.leader.take() {
+            l.finish();
         }
     }
 
@@ -1093,6 +1134,9 @@ impl LiveStream {
             .record_request(self.started.elapsed().as_micros() as u64, cost, false);
         let spent = (cost, usage, self.started.elapsed());
         self.log_end(&st, 502, Some(spent));
+        if let Some(l) = self.leader.take() {
+            l.finish();
+        }
         tracing::warn!(deployment = %d.name, error = %e, "stream failed after its first byte; not retried");
         let api: ApiError = e.clone().into();
         if let Ok(json) = serde_json::to_vec(&api.body()) {

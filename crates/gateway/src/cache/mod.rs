@@ -366,7 +366,6 @@ mod tests {
         tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
         assert!(c.get(&[1; 32]).await.is_ok());
         assert_eq!(clamp_ttl(Duration::MAX), MAX_TTL);
-        //PX
     }
 
     #[tokio::test]

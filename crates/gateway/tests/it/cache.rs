@@ -664,3 +664,51 @@ async fn a_client_leaving_while_its_answer_is_cached_still_has_its_cost_counted(
     let rows = optiroute::request_log::recent(&store, 100).await.unwrap();
     assert_eq!(rows.len() as u64, requests + 1, "one request-log row per request");
 }
+
+/// A leader whose client leaves hands its flight to one of the requests waiting on it: one more
+/// upstream call, not one per waiting request (JSON and streams).
+#[tokio::test]
+async fn followers_of_a_cancelled_leader_elect_one_new_leader() {
+    let (mock, gw) = openai_setup(|_| {}).await;
+    let c = client();
+    for (round, stream) in [false, true].into_iter().enumerate() {
+        // The leader's upstream call never answers; the next one answers after a moment.
+        mock.handle.push(Behavior {
+            hang: true,
+            ..Default::default()
+        });
+        mock.handle.set_default(Behavior {
+            delay_ms: 200,
+            ..Default::default()
+        });
+        let mut body = chat_body("m", &format!("asked by many, round {round}"));
+        if stream {
+            body["stream"] = json!(true);
+        }
+        let hits = mock.handle.hits();
+        let leader = tokio::spawn(c.post(gw.chat_url()).json(&body).send());
+        assert!(eventually(Duration::from_secs(10), || mock.handle.hits() == hits + 1).await);
+        let followers = tokio::spawn(join_all((0..10).map(|_| c.post(gw.chat_url()).json(&body).send())));
+        // All ten are in their handlers, waiting on the leader.
+        assert!(eventually(Duration::from_secs(10), || gw.state.metrics.in_flight.get() == 11).await);
+        leader.abort();
+        let mut texts = Vec::new();
+        for r in followers.await.unwrap() {
+            let r = r.unwrap();
+            assert_eq!(r.status(), 200);
+            let body = r.text().await.unwrap();
+            texts.push(match stream {
+                true => sse_content(&body),
+                false => serde_json::from_str::<Value>(&body).unwrap()["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            });
+        }
+        let want = format!("mock reply to: asked by many, round {round}");
+        assert!(texts.iter().all(|t| *t == want), "{texts:?}");
+        // The cancelled call and one more: a follower that woke late finds the answer in the cache.
+        assert_eq!(mock.handle.hits(), hits + 2, "stream: {stream}");
+        assert!(eventually(Duration::from_secs(10), || gw.state.metrics.in_flight.get() == 0).await);
+    }
+}
