@@ -309,11 +309,14 @@ fn replays_faithfully(c: &ChatCompletion) -> bool {
         .all(|ch| !carries(&ch.extra) && !carries(&ch.message.extra))
 }
 
-/// Whether an answer may be cached: complete, and not a tool-call turn.
+/// Whether an answer may be cached: it has a choice (a 200 with `choices: []` is no answer to keep),
+/// and it is not a tool-call turn.
 fn cacheable_answer(c: &ChatCompletion) -> bool {
-    c.choices.iter().all(|ch| {
-        ch.message.tool_calls.as_ref().is_none_or(Vec::is_empty) && ch.finish_reason.as_deref() != Some("tool_calls")
-    })
+    !c.choices.is_empty()
+        && c.choices.iter().all(|ch| {
+            ch.message.tool_calls.as_ref().is_none_or(Vec::is_empty)
+                && ch.finish_reason.as_deref() != Some("tool_calls")
+        })
 }
 
 /// Meta for an answer served from the cache (or from a coalesced leader): free, and it saved what the
@@ -1090,7 +1093,9 @@ impl LiveStream {
         leave_in_flight(&st, d);
         let acc = std::mem::take(&mut self.acc);
         let completion = acc.into_completion();
-        if self.cp.key.is_some() && self.faithful && cacheable_answer(&completion) {
+        // A stream that ended without a finish reason may have been cut short (by a proxy, say).
+        let finished = completion.choices.iter().all(|c| c.finish_reason.is_some());
+        if self.cp.key.is_some() && self.faithful && finished && cacheable_answer(&completion) {
             let entry = Arc::new(CachedResponse {
                 completion,
                 pieces: Some(std::mem::take(&mut self.pieces)),

@@ -151,7 +151,7 @@ impl Cache {
             Backend::Memory(m) => match m.get(key).await {
                 Some(e) if e.expires > Instant::now() => Ok(e.value),
                 Some(_) => {
-                    m.invalidate(key).await;
+                    drop_if_expired(m, key).await;
                     Err(Lookup::Miss)
                 }
                 None => Err(Lookup::Miss),
@@ -189,6 +189,19 @@ impl Cache {
             Backend::Redis(_) => None,
         }
     }
+}
+
+/// Removes `key`'s entry if it is (still) expired: an answer stored since a lookup found the old one
+/// expired stays.
+async fn drop_if_expired(m: &moka::future::Cache<Key, Entry>, key: &Key) {
+    m.entry(*key)
+        .and_compute_with(|e| async move {
+            match e {
+                Some(e) if e.value().expires <= Instant::now() => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            }
+        })
+        .await;
 }
 
 /// Redis backend. Connects in the background; until connected (and whenever Redis is down or slower
@@ -355,6 +368,24 @@ mod tests {
         assert!(c.get(&[1; 32]).await.is_ok());
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(c.get(&[1; 32]).await.err(), Some(Lookup::Miss));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_lookup_does_not_remove_an_answer_stored_since() {
+        let c = Cache::new(&CacheConfig::default()).await.unwrap();
+        let Backend::Memory(m) = &c.backend else { unreachable!() };
+        c.put([1; 32], entry("old"), Duration::from_secs(1)).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // A lookup finds "old" expired; before it removes it, another request stores a fresh answer.
+        c.put([1; 32], entry("new"), Duration::from_secs(60)).await;
+        drop_if_expired(m, &[1; 32]).await;
+        let hit = c.get(&[1; 32]).await.unwrap();
+        assert_eq!(hit.completion.choices[0].message.text(), "new");
+        // An entry still expired is removed.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        drop_if_expired(m, &[1; 32]).await;
+        m.run_pending_tasks().await;
+        assert_eq!(m.entry_count(), 0);
     }
 
     // `ttl_secs = 18446744073709551615` ("never expire") is accepted by the config: storing with it

@@ -712,3 +712,50 @@ async fn followers_of_a_cancelled_leader_elect_one_new_leader() {
         assert!(eventually(Duration::from_secs(10), || gw.state.metrics.in_flight.get() == 0).await);
     }
 }
+
+// An upstream answer that is not a whole answer is served but not cached: a JSON body with no choice,
+// and a stream that ended (with `[DONE]`) before any finish reason, which a proxy cutting it short
+// produces. Both were stored and replayed to every identical request for the cache's TTL.
+#[tokio::test]
+async fn incomplete_upstream_answers_are_not_cached() {
+    let empty = json!({"id": "c3", "object": "chat.completion", "created": 1, "model": "up-model",
+        "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}})
+    .to_string();
+    let cut = sse(&[
+        chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": "The answer"}, "finish_reason": null}])),
+        chunk(json!([{"index": 0, "delta": {"content": " is"}, "finish_reason": null}])),
+    ]);
+    let whole = sse(&[
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": "The answer is 4."}, "finish_reason": null}]),
+        ),
+        chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}])),
+    ]);
+    let url = scripted_upstream(vec![empty, cut, whole]).await;
+    let cfg = config_with(
+        &[("up", optiroute::config::ProviderKind::Openai, &url)],
+        &[("m", "up", "up-model", "cloud")],
+    );
+    let gw = TestGateway::start(cfg).await;
+    let body = chat_body("m", "2 + 2?");
+    let (cache, v) = ask(&gw, &body, &[]).await;
+    assert_eq!(
+        (cache.as_str(), v["choices"].as_array().map(Vec::len)),
+        ("miss", Some(0))
+    );
+    // Not kept: the next request (a stream) asks upstream, and gets the cut stream.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let ask_stream = || {
+        let (url, b) = (gw.chat_url(), streamed.clone());
+        async move {
+            let r = client().post(url).json(&b).send().await.unwrap();
+            let cache = r.headers()["x-optiroute-cache"].to_str().unwrap().to_owned();
+            (cache, sse_content(&r.text().await.unwrap()))
+        }
+    };
+    assert_eq!(ask_stream().await, ("miss".to_owned(), "The answer is".to_owned()));
+    // The cut stream is not replayed: the whole one is fetched, then kept.
+    assert_eq!(ask_stream().await, ("miss".to_owned(), "The answer is 4.".to_owned()));
+    assert_eq!(ask_stream().await, ("hit".to_owned(), "The answer is 4.".to_owned()));
+}
