@@ -402,6 +402,25 @@ async fn a_client_leaving_while_its_stream_is_cached_leaves_no_request_in_flight
     );
 }
 
+/// Sends `body` as a streamed request; returns the cache status and the raw SSE text.
+async fn stream_raw(gw: &TestGateway, body: &Value) -> (String, String) {
+    let mut b = body.clone();
+    b["stream"] = json!(true);
+    let r = client().post(gw.chat_url()).json(&b).send().await.unwrap();
+    let cache = r.headers()["x-optiroute-cache"].to_str().unwrap().to_owned();
+    (cache, r.text().await.unwrap())
+}
+
+/// A gateway whose model `m` is served by [`scripted_upstream`] with `bodies`.
+async fn scripted_gateway(bodies: Vec<String>) -> TestGateway {
+    let url = scripted_upstream(bodies).await;
+    let cfg = config_with(
+        &[("up", optiroute::config::ProviderKind::Openai, &url)],
+        &[("m", "up", "up-model", "cloud")],
+    );
+    TestGateway::start(cfg).await
+}
+
 /// A loopback OpenAI-compatible upstream that answers each request with the next of `bodies`
 /// (`text/event-stream` when the request asked for a stream, else JSON), the last one repeated.
 async fn scripted_upstream(bodies: Vec<String>) -> String {
@@ -474,12 +493,7 @@ async fn estimated_usage_counts_tool_calls_and_every_choice() {
             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather",
                 "arguments": serde_json::from_str::<String>(&format!("\"{args}\"")).unwrap()}}]}}]})
     .to_string();
-    let url = scripted_upstream(vec![tool_stream, two_choices, tool_json]).await;
-    let cfg = config_with(
-        &[("up", optiroute::config::ProviderKind::Openai, &url)],
-        &[("m", "up", "up-model", "cloud")],
-    );
-    let gw = TestGateway::start(cfg).await;
+    let gw = scripted_gateway(vec![tool_stream, two_choices, tool_json]).await;
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
     let stream_usage = |text: String| {
         let data = sse_data(&text);
@@ -559,7 +573,7 @@ async fn answers_with_logprobs_are_never_served_without_them() {
         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
     .to_string();
     // Each request gets the next body; the answer's form follows what the gateway asked for.
-    let url = scripted_upstream(vec![
+    let gw = scripted_gateway(vec![
         stream.clone(),
         stream.clone(),
         completion.clone(),
@@ -567,28 +581,16 @@ async fn answers_with_logprobs_are_never_served_without_them() {
         completion,
     ])
     .await;
-    let cfg = config_with(
-        &[("up", optiroute::config::ProviderKind::Openai, &url)],
-        &[("m", "up", "up-model", "cloud")],
-    );
-    let gw = TestGateway::start(cfg).await;
     let mut body = chat_body("m", "capital of France?");
     body["logprobs"] = json!(true);
-    let mut streamed = body.clone();
-    streamed["stream"] = json!(true);
-    let ask_stream = || {
-        let (url, b) = (gw.chat_url(), streamed.clone());
-        async move {
-            let r = client().post(url).json(&b).send().await.unwrap();
-            let cache = r.headers()["x-optiroute-cache"].to_str().unwrap().to_owned();
-            let text = r.text().await.unwrap();
-            let with_logprobs = sse_data(&text)
-                .iter()
-                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                .filter(|v| v["choices"][0]["logprobs"].is_object())
-                .count();
-            (cache, sse_content(&text), with_logprobs)
-        }
+    let ask_stream = || async {
+        let (cache, text) = stream_raw(&gw, &body).await;
+        let with_logprobs = sse_data(&text)
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|v| v["choices"][0]["logprobs"].is_object())
+            .count();
+        (cache, sse_content(&text), with_logprobs)
     };
     let (cache, text, n) = ask_stream().await;
     assert_eq!((cache.as_str(), text.as_str(), n), ("miss", "Paris.", 2));
@@ -731,12 +733,7 @@ async fn incomplete_upstream_answers_are_not_cached() {
         ),
         chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}])),
     ]);
-    let url = scripted_upstream(vec![empty, cut, whole]).await;
-    let cfg = config_with(
-        &[("up", optiroute::config::ProviderKind::Openai, &url)],
-        &[("m", "up", "up-model", "cloud")],
-    );
-    let gw = TestGateway::start(cfg).await;
+    let gw = scripted_gateway(vec![empty, cut, whole]).await;
     let body = chat_body("m", "2 + 2?");
     let (cache, v) = ask(&gw, &body, &[]).await;
     assert_eq!(
@@ -744,15 +741,9 @@ async fn incomplete_upstream_answers_are_not_cached() {
         ("miss", Some(0))
     );
     // Not kept: the next request (a stream) asks upstream, and gets the cut stream.
-    let mut streamed = body.clone();
-    streamed["stream"] = json!(true);
-    let ask_stream = || {
-        let (url, b) = (gw.chat_url(), streamed.clone());
-        async move {
-            let r = client().post(url).json(&b).send().await.unwrap();
-            let cache = r.headers()["x-optiroute-cache"].to_str().unwrap().to_owned();
-            (cache, sse_content(&r.text().await.unwrap()))
-        }
+    let ask_stream = || async {
+        let (cache, text) = stream_raw(&gw, &body).await;
+        (cache, sse_content(&text))
     };
     assert_eq!(ask_stream().await, ("miss".to_owned(), "The answer is".to_owned()));
     // The cut stream is not replayed: the whole one is fetched, then kept.
