@@ -151,14 +151,8 @@ impl Drop for Leader {
     }
 }
 
-/// Joins the flight for `key`, waiting at most until `deadline` for a leader's answer. `accept`:
-/// whether this request can use a leader's answer (a stream needs one a replay reproduces).
-async fn coalesce(
-    st: &SharedState,
-    key: Key,
-    deadline: Instant,
-    accept: impl Fn(&CachedResponse) -> bool,
-) -> Coalesced {
+/// Joins the flight for `key`, waiting at most until `deadline` for a leader's answer.
+async fn coalesce(st: &SharedState, key: Key, deadline: Instant) -> Coalesced {
     loop {
         let mut rx = {
             let Ok(mut m) = st.coalescer.inflight.lock() else {
@@ -180,7 +174,7 @@ async fn coalesce(
         match tokio::time::timeout_at(deadline, rx.wait_for(|l| !matches!(l, Lead::Pending))).await {
             Ok(Ok(lead)) => {
                 return match &*lead {
-                    Lead::Answer(v) if accept(v) => Coalesced::Answer(v.clone()),
+                    Lead::Answer(v) => Coalesced::Answer(v.clone()),
                     _ => Coalesced::Alone,
                 };
             }
@@ -230,11 +224,10 @@ impl CachePlan {
 }
 
 /// Looks the request up in the cache and counts a hit; a miss is counted once its outcome is known
-/// ([`count_missed_lookup`]). For a stream, an entry a replay would not reproduce is a miss.
-async fn lookup(st: &AppState, cp: &CachePlan, stream: bool) -> Option<Arc<CachedResponse>> {
+/// ([`count_missed_lookup`]).
+async fn lookup(st: &AppState, cp: &CachePlan) -> Option<Arc<CachedResponse>> {
     let key = cp.key.as_ref().filter(|_| cp.lookup)?;
     match st.cache.get(key).await {
-        Ok(v) if stream && !v.replayable => None,
         Ok(v) => {
             st.metrics.hot.cache_hit.inc();
             st.ledger.cache_hits.fetch_add(1, Relaxed);
@@ -300,13 +293,6 @@ fn carries(extra: &serde_json::Map<String, serde_json::Value>) -> bool {
         serde_json::Value::Object(o) => !o.is_empty(),
         _ => true,
     })
-}
-
-/// Whether [`replay`] reproduces an answer: its choices hold only a message's text and a finish reason.
-fn replays_faithfully(c: &ChatCompletion) -> bool {
-    c.choices
-        .iter()
-        .all(|ch| !carries(&ch.extra) && !carries(&ch.message.extra))
 }
 
 /// Whether an answer may be cached: it has a choice (a 200 with `choices: []` is no answer to keep),
@@ -468,14 +454,14 @@ async fn complete_planned(
 ) -> Result<(ChatCompletion, Meta), ApiError> {
     let served = |meta: &Meta| served(st, ctx, started, meta);
     let cp = cache_plan(st, req, &plan, ctx);
-    if let Some(hit) = lookup(st, &cp, false).await {
+    if let Some(hit) = lookup(st, &cp).await {
         let meta = hit_meta(st, &hit, &plan, started);
         served(&meta);
         return Ok((hit.completion.clone(), meta));
     }
     let mut deadline = deadline(st);
     let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
-        Some(key) => match coalesce(st, key, deadline, |_| true).await {
+        Some(key) => match coalesce(st, key, deadline).await {
             Coalesced::Answer(v) => {
                 count_missed_lookup(st, &cp, true);
                 let meta = hit_meta(st, &v, &plan, started);
@@ -600,7 +586,6 @@ async fn lead_json(
             cost,
             usage,
             usage_estimated: estimated,
-            replayable: replays_faithfully(&completion),
         });
         if let Some(l) = leader {
             l.publish(entry.clone());
@@ -761,7 +746,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         return Ok(replay(&completion, None, usage, meta, include_usage));
     }
     let mut cp = cache_plan(st, &req, &plan, ctx);
-    if let Some(hit) = lookup(st, &cp, true).await {
+    if let Some(hit) = lookup(st, &cp).await {
         let meta = hit_meta(st, &hit, &plan, started);
         st.ledger
             .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
@@ -770,7 +755,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
     }
     let mut deadline = deadline(st);
     let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
-        Some(key) => match coalesce(st, key, deadline, |v| v.replayable).await {
+        Some(key) => match coalesce(st, key, deadline).await {
             Coalesced::Answer(v) => {
                 count_missed_lookup(st, &cp, true);
                 let meta = hit_meta(st, &v, &plan, started);
@@ -782,8 +767,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
             Coalesced::Lead(l) => Some(l),
             Coalesced::Alone => {
                 // Waiting for a leader (a live stream is not bounded by the deadline after its first
-                // byte, and its answer may be one a replay would not reproduce) is not an attempt:
-                // the follower's own call gets a full deadline.
+                // byte) is not an attempt: the follower's own call gets a full deadline.
                 deadline = self::deadline(st);
                 None
             }
@@ -956,8 +940,8 @@ struct LiveStream {
     /// Generated text the accumulator does not keep (other choices' text, tool calls), for a usage
     /// estimate.
     other_output: String,
-    /// Whether the chunks held only what a replay reproduces (see [`replays_faithfully`]); a stream
-    /// with more (`logprobs`, reasoning) is not cached.
+    /// Whether the chunks held only text and finish reasons: the pieces kept for a replay drop
+    /// anything else (`logprobs`, reasoning), so a stream with more is not cached.
     faithful: bool,
     pieces: Vec<String>,
     upstream_usage: Option<Usage>,
@@ -1106,7 +1090,6 @@ impl LiveStream {
                 cost,
                 usage,
                 usage_estimated: estimated,
-                replayable: true,
             });
             if let Some(l) = &self.leader {
                 l.publish(entry.clone());
@@ -1205,7 +1188,8 @@ fn replay_hit(hit: Arc<CachedResponse>, meta: Meta, include_usage: bool) -> Stre
 }
 
 /// Replays a finished completion as a proper SSE stream: role chunk, content pieces (as originally
-/// streamed, or word-sized), finish, usage, [DONE].
+/// streamed, or word-sized; one piece with everything when the answer carries more than text),
+/// finish, usage, [DONE].
 fn replay(c: &ChatCompletion, pieces: Option<&[String]>, usage: Usage, meta: Meta, include_usage: bool) -> StreamReply {
     let id = c.id.clone();
     let created = crate::providers::unix_now();
@@ -1219,13 +1203,30 @@ fn replay(c: &ChatCompletion, pieces: Option<&[String]>, usage: Usage, meta: Met
     let mut role = ChatChunk::content(&id, created, &model, "");
     role.choices[0].delta.role = Some("assistant".into());
     push(&role);
-    let text = c.choices.first().map(|ch| ch.message.text()).unwrap_or_default();
-    let pieces: Vec<String> = match pieces {
-        Some(p) => p.to_vec(),
-        None => split_words(&text),
-    };
-    for p in &pieces {
-        push(&ChatChunk::content(&id, created, &model, p));
+    let first = c.choices.first();
+    let text = first.map(|ch| ch.message.text()).unwrap_or_default();
+    match first.filter(|ch| carries(&ch.extra) || carries(&ch.message.extra)) {
+        // Fields besides the text (`logprobs`, a model's reasoning, a refusal) go with the text in one
+        // chunk, under the names a stream gives them: the choice's beside `delta`, the message's in it.
+        Some(ch) => {
+            let mut all = ChatChunk::content(&id, created, &model, &text);
+            all.choices[0].extra.clone_from(&ch.extra);
+            all.choices[0].delta.extra.clone_from(&ch.message.extra);
+            push(&all);
+        }
+        None => {
+            let split;
+            let pieces = match pieces {
+                Some(p) => p,
+                None => {
+                    split = split_words(&text);
+                    &split[..]
+                }
+            };
+            for p in pieces {
+                push(&ChatChunk::content(&id, created, &model, p));
+            }
+        }
     }
     let mut fin = ChatChunk::content(&id, created, &model, "");
     fin.choices[0].delta.content = None;

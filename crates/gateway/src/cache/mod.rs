@@ -36,15 +36,6 @@ pub struct CachedResponse {
     pub cost: Nanos,
     pub usage: Usage,
     pub usage_estimated: bool,
-    /// Whether replaying the answer as a stream reproduces it: false when its choices carry more than
-    /// text and a finish reason (`logprobs`, a model's reasoning), which a replay would drop. Such an
-    /// answer is served from the cache to non-streaming requests only.
-    #[serde(default = "replayable")]
-    pub replayable: bool,
-}
-
-fn replayable() -> bool {
-    true
 }
 
 impl CachedResponse {
@@ -355,7 +346,6 @@ mod tests {
             cost: Nanos(5),
             usage: Usage::new(1, 1),
             usage_estimated: false,
-            replayable: true,
         })
     }
 

@@ -551,10 +551,10 @@ async fn estimated_usage_counts_tool_calls_and_every_choice() {
     );
 }
 
-// What the cache cannot replay is not served from it: a streamed answer with log probabilities was
-// stored as its text alone, so the next identical request (streamed, or not: they share the key) got
-// the answer without the `logprobs` it asked for. Such a stream is not stored; a JSON answer that
-// carries them is served from the cache to JSON requests only, never replayed as a stream without them.
+// An answer with log probabilities is never served without them: a streamed answer was stored as its
+// text alone, so the next identical request (streamed, or not: they share the key) got the answer
+// without the `logprobs` it asked for. Such a stream is not stored; a JSON answer that carries them is
+// stored whole, served to JSON requests, and replayed to streams with its logprobs beside the text.
 #[tokio::test]
 async fn answers_with_logprobs_are_never_served_without_them() {
     let lp = |t: &str| json!({"content": [{"token": t, "logprob": -0.25, "bytes": null, "top_logprobs": []}]});
@@ -573,24 +573,19 @@ async fn answers_with_logprobs_are_never_served_without_them() {
         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
     .to_string();
     // Each request gets the next body; the answer's form follows what the gateway asked for.
-    let gw = scripted_gateway(vec![
-        stream.clone(),
-        stream.clone(),
-        completion.clone(),
-        stream,
-        completion,
-    ])
-    .await;
+    // The upstream is asked three times: two streams (not stored), then the JSON answer (stored).
+    let gw = scripted_gateway(vec![stream.clone(), stream, completion]).await;
     let mut body = chat_body("m", "capital of France?");
     body["logprobs"] = json!(true);
     let ask_stream = || async {
         let (cache, text) = stream_raw(&gw, &body).await;
-        let with_logprobs = sse_data(&text)
+        // Log probabilities of the tokens the stream carried, over all its chunks.
+        let tokens = sse_data(&text)
             .iter()
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .filter(|v| v["choices"][0]["logprobs"].is_object())
-            .count();
-        (cache, sse_content(&text), with_logprobs)
+            .filter_map(|v| v["choices"][0]["logprobs"]["content"].as_array().map(Vec::len))
+            .sum::<usize>();
+        (cache, sse_content(&text), tokens)
     };
     let (cache, text, n) = ask_stream().await;
     assert_eq!((cache.as_str(), text.as_str(), n), ("miss", "Paris.", 2));
@@ -609,12 +604,12 @@ async fn answers_with_logprobs_are_never_served_without_them() {
     let (cache, v) = ask(&gw, &body, &[]).await;
     assert_eq!(cache, "hit");
     assert!(v["choices"][0]["logprobs"]["content"].is_array(), "{v}");
-    // ... and a stream is not replayed from it without them.
+    // ... and replayed to a stream with them.
     let (cache, text, n) = ask_stream().await;
     assert_eq!(
-        (text.as_str(), n),
-        ("Paris.", 2),
-        "stream ({cache}) after a JSON answer lost its logprobs"
+        (cache.as_str(), text.as_str(), n),
+        ("hit", "Paris.", 2),
+        "stream after a JSON answer"
     );
 }
 
