@@ -1013,15 +1013,18 @@ impl LiveStream {
         }
     }
 
-    /// The stream's row in the request log and its access log line, written when it ends: `spent` is
-    /// what a stream that did not finish (`status` 502 or 499) cost so far.
-    fn log_end(&self, st: &AppState, status: u16, spent: Option<(Nanos, Usage, Duration)>) {
-        match spent {
-            None => crate::request_log::finished(st, &self.request_id, &self.tenant, &self.meta, status),
-            Some(spent) => {
-                crate::request_log::finished_partial(st, &self.request_id, &self.tenant, &self.meta, status, spent)
-            }
-        }
+    /// Puts what the stream cost so far on its meta (for its log row, access log line and usage chunk).
+    fn set_spent(&mut self, cost: Nanos, usage: Usage, estimated: bool) {
+        self.meta.cost_usd = cost;
+        self.meta.usage = Some(usage);
+        self.meta.usage_estimated = estimated;
+        self.meta.latency_ms = ms(self.started.elapsed());
+    }
+
+    /// The stream's row in the request log and its access log line, written when it ends (`status`
+    /// 502 or 499: it did not finish, and the meta holds what it cost so far).
+    fn log_end(&self, st: &AppState, status: u16) {
+        crate::request_log::finished(st, &self.request_id, &self.tenant, &self.meta, status);
         access_log(
             &self.request_id,
             &self.req.model,
@@ -1048,14 +1051,11 @@ impl LiveStream {
             .remember_strong_answer(&self.tenant, &self.plan, self.meta.tier.as_deref(), self.acc.text());
         let (cost, saved) = account(&st, self.dep, usage);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
-        self.meta.cost_usd = cost;
+        self.set_spent(cost, usage, estimated);
         self.meta.saved_usd = saved;
         self.meta.saved_by = (saved.0 > 0).then_some("routing");
-        self.meta.usage_estimated = estimated;
-        self.meta.usage = Some(usage);
-        self.meta.latency_ms = ms(self.started.elapsed());
         self.meta.ttft_ms = self.ttft.map(ms);
-        self.log_end(&st, 200, None);
+        self.log_end(&st, 200);
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, true);
         // For streams, gateway overhead is the time spent before the upstream was called.
@@ -1115,13 +1115,13 @@ impl LiveStream {
         outcome_metric(&st, self.dep, e.outcome());
         st.ledger.per_deployment[self.dep].errors.fetch_add(1, Relaxed);
         // What was generated before the failure was still paid for.
-        let (usage, _) = self.usage();
+        let (usage, estimated) = self.usage();
         let (cost, _) = account(&st, self.dep, usage);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, false);
-        let spent = (cost, usage, self.started.elapsed());
-        self.log_end(&st, 502, Some(spent));
+        self.set_spent(cost, usage, estimated);
+        self.log_end(&st, 502);
         if let Some(l) = self.leader.take() {
             l.finish();
         }
@@ -1147,11 +1147,11 @@ impl Drop for LiveStream {
             d.breaker.release(p);
         }
         outcome_metric(&st, self.dep, "cancelled");
-        let (usage, _) = self.usage();
+        let (usage, estimated) = self.usage();
         let (cost, _) = account(&st, self.dep, usage);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);
-        let spent = (cost, usage, self.started.elapsed());
-        self.log_end(&st, 499, Some(spent));
+        self.set_spent(cost, usage, estimated);
+        self.log_end(&st, 499);
         // A cancellation is the client's choice, not an error.
         st.ledger
             .record_request(self.started.elapsed().as_micros() as u64, cost, true);

@@ -230,30 +230,6 @@ pub fn finished(st: &AppState, request_id: &str, tenant: &str, meta: &Meta, stat
     );
 }
 
-/// [`finished`] for a stream that ended early: what it had `spent` (cost, usage, time) so far.
-pub fn finished_partial(
-    st: &AppState,
-    request_id: &str,
-    tenant: &str,
-    meta: &Meta,
-    status: u16,
-    spent: (
-        optiroute_protocol::pricing::Nanos,
-        optiroute_protocol::openai::Usage,
-        Duration,
-    ),
-) {
-    if !st.request_log.enabled() {
-        return;
-    }
-    let mut m = meta.clone();
-    m.cost_usd = spent.0;
-    m.usage = Some(spent.1);
-    m.usage_estimated = true;
-    m.latency_ms = spent.2.as_secs_f64() * 1000.0;
-    finished(st, request_id, tenant, &m, status);
-}
-
 /// Computes the features of the rows that have an input (on a blocking thread: it is CPU work).
 async fn compute_features(batch: Vec<(Record, Option<Arc<FeatureInput>>)>, bytes: &AtomicUsize) -> Vec<Record> {
     let queued: usize = batch.iter().filter_map(|(_, f)| f.as_ref()).map(|f| f.bytes()).sum();

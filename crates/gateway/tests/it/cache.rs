@@ -745,3 +745,48 @@ async fn incomplete_upstream_answers_are_not_cached() {
     assert_eq!(ask_stream().await, ("miss".to_owned(), "The answer is 4.".to_owned()));
     assert_eq!(ask_stream().await, ("hit".to_owned(), "The answer is 4.".to_owned()));
 }
+
+// A stream that breaks off after the upstream reported its usage (as servers that report usage with
+// every chunk do) is logged with that usage as exact, not as an estimate.
+#[tokio::test]
+async fn a_broken_stream_keeps_the_usage_its_upstream_reported() {
+    let mut cut = String::new();
+    for c in [
+        chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": "Half an"}, "finish_reason": null}])),
+        json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up-model", "choices": [],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}}),
+    ] {
+        cut.push_str(&format!("data: {c}\n\n"));
+    }
+    // No finish reason and no [DONE]: the connection just ends.
+    let url = scripted_upstream(vec![cut]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_with(
+        &[("up", optiroute::config::ProviderKind::Openai, &url)],
+        &[("m", "up", "up-model", "cloud")],
+    );
+    cfg.store.database_url = Some(format!("sqlite://{}", dir.path().join("log.db").display()));
+    let gw = TestGateway::start(cfg).await;
+    let store = gw.state.request_log.store().cloned().expect("request log on");
+    let mut body = chat_body("m", "tell me half");
+    body["stream"] = json!(true);
+    let r = client().post(gw.chat_url()).json(&body).send().await.unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"error\""), "{text}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let rows = optiroute::request_log::recent(&store, 10).await.unwrap();
+        if let Some(row) = rows.into_iter().find(|r| r.request_id == id) {
+            break row;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no request-log row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(row.status, 502, "{row:?}");
+    assert_eq!((row.prompt_tokens, row.completion_tokens), (11, 3), "{row:?}");
+    assert!(
+        !row.estimated,
+        "usage the upstream reported is logged as estimated: {row:?}"
+    );
+}
