@@ -437,11 +437,50 @@ pub async fn complete(
     complete_planned(st, req, ctx, plan, started).await
 }
 
-/// Records a served non-streaming request (ledger, request log).
-fn served(st: &AppState, ctx: &RequestCtx, started: Instant, meta: &Meta) {
+/// Records a request answered in full (ledger, request log): a JSON answer, or a replayed stream.
+fn record_served(st: &AppState, ctx: &RequestCtx, started: Instant, meta: &Meta) {
     st.ledger
         .record_request(started.elapsed().as_micros() as u64, meta.cost_usd, true);
     crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, meta, 200);
+}
+
+/// How a request gets its answer before any upstream call.
+enum Before {
+    /// From the cache or from an identical request in flight; counted and recorded as served.
+    Answered(Arc<CachedResponse>, Meta),
+    /// From upstream, leading the flight for its key if it has one, within `deadline`.
+    Call { leader: Option<Leader>, deadline: Instant },
+}
+
+/// Looks the request up in the cache, then joins the flight of identical requests (JSON and streams).
+async fn before_calling(st: &SharedState, ctx: &RequestCtx, plan: &Plan, cp: &CachePlan, started: Instant) -> Before {
+    if let Some(hit) = lookup(st, cp).await {
+        let meta = hit_meta(st, &hit, plan, started);
+        record_served(st, ctx, started, &meta);
+        return Before::Answered(hit, meta);
+    }
+    let deadline = deadline(st);
+    let Some(key) = cp.key.filter(|_| cp.lookup && cp.store) else {
+        return Before::Call { leader: None, deadline };
+    };
+    match coalesce(st, key, deadline).await {
+        Coalesced::Answer(v) => {
+            count_missed_lookup(st, cp, true);
+            let meta = hit_meta(st, &v, plan, started);
+            record_served(st, ctx, started, &meta);
+            Before::Answered(v, meta)
+        }
+        Coalesced::Lead(l) => Before::Call {
+            leader: Some(l),
+            deadline,
+        },
+        // Waiting for a leader is not an attempt (and a live stream is not bounded by the deadline
+        // after its first byte): the follower's own call gets a full deadline.
+        Coalesced::Alone => Before::Call {
+            leader: None,
+            deadline: self::deadline(st),
+        },
+    }
 }
 
 /// [`complete`] once the request is authorised and routed.
@@ -452,30 +491,10 @@ async fn complete_planned(
     plan: Plan,
     started: Instant,
 ) -> Result<(ChatCompletion, Meta), ApiError> {
-    let served = |meta: &Meta| served(st, ctx, started, meta);
     let cp = cache_plan(st, req, &plan, ctx);
-    if let Some(hit) = lookup(st, &cp).await {
-        let meta = hit_meta(st, &hit, &plan, started);
-        served(&meta);
-        return Ok((hit.completion.clone(), meta));
-    }
-    let mut deadline = deadline(st);
-    let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
-        Some(key) => match coalesce(st, key, deadline).await {
-            Coalesced::Answer(v) => {
-                count_missed_lookup(st, &cp, true);
-                let meta = hit_meta(st, &v, &plan, started);
-                served(&meta);
-                return Ok((v.completion.clone(), meta));
-            }
-            Coalesced::Lead(l) => Some(l),
-            Coalesced::Alone => {
-                // Waiting for a leader is not an attempt: the follower's own call gets a full deadline.
-                deadline = self::deadline(st);
-                None
-            }
-        },
-        None => None,
+    let (leader, deadline) = match before_calling(st, ctx, &plan, &cp, started).await {
+        Before::Answered(v, meta) => return Ok((v.completion.clone(), meta)),
+        Before::Call { leader, deadline } => (leader, deadline),
     };
     let answered = lead_json(st, req, ctx, plan, started, cp, leader.as_ref(), deadline).await;
     // Reached unless this request was cancelled: followers learn that no answer is coming, if so.
@@ -572,7 +591,7 @@ async fn lead_json(
     st.metrics
         .overhead
         .observe(started.elapsed().saturating_sub(upstream).as_secs_f64());
-    served(st, ctx, started, &meta);
+    record_served(st, ctx, started, &meta);
     // A stand-in is shared with coalesced followers (they asked at the same moment) but not stored.
     cp.store &= !stand_in;
     if cp.key.is_some() && cacheable_answer(&completion) {
@@ -746,33 +765,9 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         return Ok(replay(&completion, None, usage, meta, include_usage));
     }
     let mut cp = cache_plan(st, &req, &plan, ctx);
-    if let Some(hit) = lookup(st, &cp).await {
-        let meta = hit_meta(st, &hit, &plan, started);
-        st.ledger
-            .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
-        crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
-        return Ok(replay_hit(hit, meta, include_usage));
-    }
-    let mut deadline = deadline(st);
-    let leader = match cp.key.filter(|_| cp.lookup && cp.store) {
-        Some(key) => match coalesce(st, key, deadline).await {
-            Coalesced::Answer(v) => {
-                count_missed_lookup(st, &cp, true);
-                let meta = hit_meta(st, &v, &plan, started);
-                st.ledger
-                    .record_request(started.elapsed().as_micros() as u64, Nanos::ZERO, true);
-                crate::request_log::finished(st, &ctx.request_id, &ctx.tenant, &meta, 200);
-                return Ok(replay_hit(v, meta, include_usage));
-            }
-            Coalesced::Lead(l) => Some(l),
-            Coalesced::Alone => {
-                // Waiting for a leader (a live stream is not bounded by the deadline after its first
-                // byte) is not an attempt: the follower's own call gets a full deadline.
-                deadline = self::deadline(st);
-                None
-            }
-        },
-        None => None,
+    let (leader, deadline) = match before_calling(st, ctx, &plan, &cp, started).await {
+        Before::Answered(v, meta) => return Ok(replay_hit(v, meta, include_usage)),
+        Before::Call { leader, deadline } => (leader, deadline),
     };
     count_missed_lookup(st, &cp, false);
     record_decision(st, &plan);
@@ -817,16 +812,13 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
             }
         }
     })
-    .await;
-    let served = match served {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(l) = &leader {
-                l.finish();
-            }
-            return Err(e);
+    .await
+    .inspect_err(|_| {
+        // No answer is coming: the followers call on their own.
+        if let Some(l) = &leader {
+            l.finish();
         }
-    };
+    })?;
     let d = &st.deployments[served.dep];
     cp.store &= !is_stand_in(st, &plan, served.dep);
     let meta = Meta {
@@ -975,7 +967,7 @@ impl LiveStream {
             }
         }
         for c in &chunk.choices {
-            if carries(&c.extra) || carries(&c.delta.extra) {
+            if self.faithful && (carries(&c.extra) || carries(&c.delta.extra)) {
                 self.faithful = false;
             }
             if c.index != 0

@@ -651,7 +651,7 @@ impl RedisLimits {
     /// Gives every slot this replica holds a fresh lease. Runs under the drain lock, so it is ordered
     /// with the queued releases: a slot released before the snapshot is not in it, and a release
     /// queued after it is applied after the renewal.
-    pub async fn renew(&self) -> bool {
+    async fn renew(&self) {
         let _one_at_a_time = self.draining.lock().await;
         let held: Vec<(String, String)> = lock(&self.held)
             .iter()
@@ -671,10 +671,10 @@ impl RedisLimits {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "timed out".to_owned(),
             };
+            // The next renewal comes long before the lease ends.
             self.failed("renew", &error);
-            return false;
+            return;
         }
-        true
     }
 
     /// Applies what is queued, waiting at most `within` (for shutdown). Returns whether all was applied.

@@ -236,15 +236,7 @@ async fn streamed_cost_is_estimated_when_upstream_reports_no_usage() {
     let mut body = chat_body("m", "count me");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let text = client()
-        .post(gw.chat_url())
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.chat_text(&body).await;
     let data = sse_data(&text);
     let usage_chunk: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
     assert_eq!(usage_chunk["optiroute"]["usage_estimated"], true);
@@ -502,18 +494,8 @@ async fn estimated_usage_counts_tool_calls_and_every_choice() {
         last["usage"]["completion_tokens"].as_u64().unwrap()
     };
     let send = |body: Value| {
-        let url = gw.chat_url();
-        async move {
-            client()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
+        let gw = &gw;
+        async move { gw.chat_text(&body).await }
     };
 
     let mut body = chat_body("m", "weather in Paris?");

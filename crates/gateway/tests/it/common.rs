@@ -45,14 +45,12 @@ impl TestGateway {
 
     /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        client()
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        body_text(client().get(format!("{}/metrics", self.url))).await
+    }
+
+    /// Posts `body` to the chat endpoint and returns the response body as text.
+    pub async fn chat_text(&self, body: &serde_json::Value) -> String {
+        body_text(client().post(self.chat_url()).json(body)).await
     }
 
     pub fn chat_url(&self) -> String {
@@ -67,6 +65,11 @@ impl Drop for TestGateway {
             t.abort();
         }
     }
+}
+
+/// Sends a request and returns its response body as text.
+async fn body_text(r: reqwest::RequestBuilder) -> String {
+    r.send().await.unwrap().text().await.unwrap()
 }
 
 pub fn client() -> reqwest::Client {

@@ -207,15 +207,7 @@ async fn stream_failing_before_first_byte_falls_back_after_first_byte_does_not()
         text: Some("from b".into()),
         ..Default::default()
     });
-    let text = client()
-        .post(gw.chat_url())
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.chat_text(&body).await;
     assert_eq!(sse_content(&text), "from b");
     assert!(text.ends_with("data: [DONE]\n\n"));
 
@@ -228,15 +220,7 @@ async fn stream_failing_before_first_byte_falls_back_after_first_byte_does_not()
         ..Default::default()
     });
     let before_b = m2.handle.hits();
-    let text = client()
-        .post(gw.chat_url())
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.chat_text(&body).await;
     let data = sse_data(&text);
     assert_eq!(sse_content(&text), "one two");
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
