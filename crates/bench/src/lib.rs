@@ -164,6 +164,17 @@ pub fn endpoint_url(base: &str, endpoint: Endpoint) -> String {
     }
 }
 
+/// Checks `--url` (an http or https URL with a host) and returns the URL requests are posted to.
+fn target_url(base: &str, endpoint: Endpoint) -> anyhow::Result<reqwest::Url> {
+    let ok = reqwest::Url::parse(base.trim())
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
+    if !ok {
+        bail!("invalid --url `{base}`: expected an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000");
+    }
+    let url = endpoint_url(base, endpoint);
+    reqwest::Url::parse(&url).with_context(|| format!("invalid --url `{base}`"))
+}
+
 fn plan_of(args: &BenchArgs) -> anyhow::Result<Plan> {
     let load = match args.rate {
         Some(rate) => {
@@ -268,6 +279,7 @@ fn progress_bar(plan: &Plan) -> anyhow::Result<ProgressBar> {
 /// progress bar; see [`print_report`]). Ctrl-C stops early and reports what was measured.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let plan = plan_of(&args)?;
+    let target = target_url(&args.url, args.endpoint)?;
     if args.stream && args.endpoint == Endpoint::Generate {
         bail!("--stream needs --endpoint chat");
     }
@@ -288,7 +300,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let url = endpoint_url(&args.url, args.endpoint);
     let exec = Arc::new(HttpExec {
         client: build_client(&args, pool)?,
-        url: reqwest::Url::parse(&url).with_context(|| format!("invalid --url `{}`", args.url))?,
+        url: target,
         stream: args.stream,
         workload,
     });
@@ -478,6 +490,20 @@ mod tests {
             "http://h/v1/chat/completions"
         );
         assert_eq!(endpoint_url("http://h:1", Endpoint::Generate), "http://h:1/generate");
+    }
+
+    #[test]
+    fn url_must_be_http_with_a_host() {
+        let ok = target_url("https://api.x.com/v1", Endpoint::Chat).unwrap();
+        assert_eq!(ok.as_str(), "https://api.x.com/v1/chat/completions");
+        assert!(target_url("http://127.0.0.1:8000/", Endpoint::Generate).is_ok());
+        for bad in ["ftp://x", "localhost:8080", "http://", "https://", "not a url", ""] {
+            let err = target_url(bad, Endpoint::Chat).unwrap_err().to_string();
+            assert!(
+                err.contains("expected an http:// or https:// URL with a host"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

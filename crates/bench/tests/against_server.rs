@@ -398,7 +398,10 @@ async fn bad_arguments_are_errors_not_panics() {
         args.extend_from_slice(extra);
         Cli::try_parse_from(args).unwrap().bench
     };
-    assert!(run(parse(&["--url", "not a url", "--requests", "1"])).await.is_err());
+    for url in ["not a url", "ftp://x", "localhost:8080", "http://"] {
+        let err = run(parse(&["--url", url, "--requests", "1"])).await.unwrap_err();
+        assert!(err.to_string().contains("http:// or https://"), "{url}: {err:#}");
+    }
     assert!(
         run(parse(&["--endpoint", "generate", "--stream", "--requests", "1"]))
             .await
