@@ -40,7 +40,7 @@ use workload::{BodyShape, Workload};
 pub enum Endpoint {
     /// POST {url}/v1/chat/completions (OpenAI-compatible)
     Chat,
-    /// POST {url}/generate {"prompt": ...} (OptiRoute's simple API)
+    /// POST {url}/generate {"model": ..., "prompt": ...} (OptiRoute's simple API)
     Generate,
 }
 

@@ -132,7 +132,7 @@ pub struct BodyShape {
 impl BodyShape {
     fn body(&self, entry: &PromptEntry) -> Bytes {
         let value = match self.endpoint {
-            Endpoint::Generate => json!({ "prompt": entry_text(entry) }),
+            Endpoint::Generate => json!({ "model": self.model, "prompt": entry_text(entry) }),
             Endpoint::Chat => {
                 let messages = match entry {
                     PromptEntry::Text(t) => vec![json!({"role": "user", "content": t})],
@@ -344,7 +344,7 @@ mod tests {
         };
         let g = Workload::from_entries(gen_shape, &entries);
         let v: Value = serde_json::from_slice(&g.body(1)).unwrap();
-        assert_eq!(v, json!({"prompt": "be brief\nyo"}));
+        assert_eq!(v, json!({"model": "auto", "prompt": "be brief\nyo"}));
         assert!(parse_prompt_lines("{\"nope\": 1}").is_err());
         assert!(parse_prompt_lines("not json").is_err());
         assert!(parse_prompt_lines("\n").is_err());

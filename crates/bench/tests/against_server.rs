@@ -33,6 +33,8 @@ struct ServerState {
     behaviour: Behaviour,
     counter: AtomicU64,
     prompts: Mutex<Vec<String>>,
+    /// `model` of each `/generate` request.
+    models: Mutex<Vec<String>>,
 }
 
 const MISS_COST: f64 = 0.002;
@@ -141,6 +143,10 @@ async fn generate(State(st): State<Arc<ServerState>>, Json(req): Json<Value>) ->
         .lock()
         .unwrap()
         .push(req["prompt"].as_str().unwrap_or_default().to_owned());
+    st.models
+        .lock()
+        .unwrap()
+        .push(req["model"].as_str().unwrap_or("(none)").to_owned());
     let n = st.counter.fetch_add(1, Ordering::SeqCst);
     let cached = n.is_multiple_of(3);
     Json(
@@ -167,6 +173,7 @@ async fn start(behaviour: Behaviour) -> TestServer {
         behaviour,
         counter: AtomicU64::new(0),
         prompts: Mutex::new(Vec::new()),
+        models: Mutex::new(Vec::new()),
     });
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -288,10 +295,13 @@ async fn generate_endpoint_reads_cache_and_cost_from_the_body() {
             "9",
             "--mix",
             "repeated",
+            "--model",
+            "local",
         ],
     )
     .await;
     assert_eq!(r.requests, 9);
+    assert_eq!(*srv.state.models.lock().unwrap(), vec!["local"; 9]);
     assert_eq!((r.cache.hits, r.cache.misses), (3, 6));
     assert!((r.cost_usd.unwrap() - 0.006).abs() < 1e-9);
     assert!(r.tiers.is_empty());
