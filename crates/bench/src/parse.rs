@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Parses a duration made of one or more `<number><unit>` parts (`us`, `ms`, `s`, `m`, `h`),
+/// Parses a duration made of one or more `<number><unit>` parts (`us` or `µs`, `ms`, `s`, `m`, `h`),
 /// e.g. `500ms`, `10s`, `2m`, `1m30s`, `1.5s`. A bare number is read as seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
@@ -26,10 +26,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let value: f64 = num
             .parse()
             .map_err(|_| format!("invalid duration `{text}`: bad number `{num}`"))?;
-        let unit_len = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
+        let unit_len = after.find(|c: char| !c.is_alphabetic()).unwrap_or(after.len());
         let (unit, tail) = after.split_at(unit_len);
         let scale = match unit {
-            "us" | "µs" => 1e-6,
+            // micro sign (U+00B5) or Greek mu (U+03BC)
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
             "ms" => 1e-3,
             "s" | "sec" => 1.0,
             "m" | "min" => 60.0,
@@ -103,6 +104,9 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("500\u{b5}s"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("500\u{3bc}s"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("1ms500\u{b5}s"), Ok(Duration::from_micros(1500)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
