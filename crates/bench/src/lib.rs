@@ -223,13 +223,16 @@ fn headers_of(args: &BenchArgs) -> anyhow::Result<HeaderMap> {
         v.set_sensitive(true);
         h.insert(AUTHORIZATION, v);
     }
-    for raw in &args.headers {
-        let (name, value) = raw
-            .split_once(':')
-            .with_context(|| format!("--header `{raw}`: expected `Name: value`"))?;
-        let name =
-            HeaderName::from_bytes(name.trim().as_bytes()).with_context(|| format!("--header `{raw}`: bad name"))?;
-        let value = HeaderValue::from_str(value.trim()).with_context(|| format!("--header `{raw}`: bad value"))?;
+    // Errors never quote the argument or the value: they may hold a secret.
+    for (i, raw) in args.headers.iter().enumerate() {
+        let n = i + 1;
+        let Some((name, value)) = raw.split_once(':') else {
+            bail!("--header #{n}: expected `Name: value`, found no `:` (the argument is not shown)");
+        };
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("--header #{n}: invalid header name (not shown)"))?;
+        let value = HeaderValue::from_str(value.trim())
+            .with_context(|| format!("--header #{n} `{name}`: invalid value (not shown)"))?;
         h.append(name, value);
     }
     Ok(h)
@@ -514,5 +517,28 @@ mod tests {
         assert_eq!(h.get("x-team").unwrap(), "blue");
         assert_eq!(h.get(ACCEPT).unwrap(), "text/event-stream");
         assert!(headers_of(&parse(&["-H", "nocolon"]).unwrap()).is_err());
+    }
+
+    #[test]
+    fn header_errors_do_not_show_the_value() {
+        let err = |h: &str| {
+            format!(
+                "{:#}",
+                headers_of(&parse(&["-H", "x-ok: 1", "-H", h]).unwrap()).unwrap_err()
+            )
+        };
+        let e = err("Authorization Bearer sk-secret");
+        assert!(e.contains("--header #2") && e.contains("Name: value"), "{e}");
+        let e = err("Bearer sk-secret: x");
+        assert!(e.contains("--header #2: invalid header name"), "{e}");
+        let e = err("X-Token: sk-secret\u{1}");
+        assert!(e.contains("--header #2 `x-token`: invalid value"), "{e}");
+        for h in [
+            "Authorization Bearer sk-secret",
+            "Bearer sk-secret: x",
+            "X-Token: sk-secret\u{1}",
+        ] {
+            assert!(!err(h).contains("secret"), "{}", err(h));
+        }
     }
 }
