@@ -333,6 +333,21 @@ fn fmt_ms(v: f64) -> String {
     }
 }
 
+/// `v` to 4 significant digits, without trailing zeros: `1000`, `16.67`, `0.001`.
+fn fmt_sig4(v: f64) -> String {
+    let decimals = if v.is_finite() && v > 0.0 {
+        usize::try_from(3 - v.log10().floor() as i64).unwrap_or(0)
+    } else {
+        0
+    };
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
 fn pct_row(out: &mut String, name: &str, p: &Option<Percentiles>) {
     if let Some(p) = p {
         let _ = writeln!(
@@ -352,7 +367,7 @@ impl Report {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         let load = match (self.users, self.rate_per_s) {
-            (_, Some(r)) => format!("open loop, {r:.1} req/s"),
+            (_, Some(r)) => format!("open loop, {} req/s", fmt_sig4(r)),
             (Some(u), None) => format!("closed loop, {u} users"),
             (None, None) => self.mode.clone(),
         };
@@ -488,6 +503,29 @@ mod tests {
         let table = r.to_table();
         assert!(table.contains("500: 1"), "{table}");
         assert!(table.contains("25.0%"), "{table}");
+    }
+
+    #[test]
+    fn slow_rates_keep_four_significant_digits() {
+        let cases = [
+            (0.001, "0.001"),
+            (1.0 / 3600.0, "0.0002778"),
+            (2.5, "2.5"),
+            (16.666_666, "16.67"),
+            (1000.0, "1000"),
+            (123_456.0, "123456"),
+        ];
+        for (rate, shown) in cases {
+            assert_eq!(fmt_sig4(rate), shown);
+            let r = Stats::new().unwrap().into_report(RunMeta {
+                mode: "open".into(),
+                users: None,
+                rate_per_s: Some(rate),
+                ..meta(Duration::from_secs(1))
+            });
+            let table = r.to_table();
+            assert!(table.contains(&format!("open loop, {shown} req/s")), "{table}");
+        }
     }
 
     #[test]
