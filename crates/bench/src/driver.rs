@@ -217,12 +217,10 @@ async fn open_loop<E: Exec>(
     let mut max_lag = Duration::ZERO;
     let mut seq = 0u64;
     while seq < scheduled {
-        let Some(intended) = Duration::try_from_secs_f64(seq as f64 / rate)
-            .ok()
-            .and_then(|d| start.checked_add(d))
-        else {
-            break;
-        };
+        // Due "practically never" if beyond the clock, like any huge duration: ending the loop
+        // here would report the rest as unsent, which means held back by --max-in-flight.
+        let due_in = Duration::try_from_secs_f64(seq as f64 / rate).unwrap_or(Duration::MAX);
+        let intended = after(start, due_in);
         if Instant::now() < intended {
             sleep_until(intended).await;
         }
@@ -467,6 +465,29 @@ mod tests {
         let lat = r.latency_ms.unwrap();
         assert!((lat.max - 4600.0).abs() < 5.0, "{lat:?}");
         assert!((lat.p50 - 2800.0).abs() < 5.0, "{lat:?}");
+    }
+
+    /// At a rate so low that request 1 is due beyond what a clock can hold, the schedule
+    /// saturates ("practically never") instead of ending: `unsent` means "held back by
+    /// --max-in-flight", and nothing held these back.
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_far_future_requests_are_not_unsent() {
+        let fake = Fake::new(Duration::from_millis(1));
+        let plan = Plan {
+            load: Load::Open {
+                rate: 1e-20,
+                max_in_flight: 10,
+            },
+            run_time: None,
+            requests: Some(2),
+            grace: Duration::ZERO,
+        };
+        let sh = shared();
+        let sum = drive(fake.clone(), &plan, sh.clone()).await;
+        assert_eq!(sum.unsent, 0);
+        assert_eq!(sh.completed.load(Ordering::Relaxed), 2);
+        let sent: Vec<Duration> = fake.sent.lock().unwrap().iter().map(|s| s.1).collect();
+        assert_eq!(sent, [Duration::ZERO, FOREVER]);
     }
 
     #[tokio::test(start_paused = true)]
