@@ -71,7 +71,8 @@ pub struct BenchArgs {
     #[arg(long, env = "OPTIROUTE_BENCH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// Extra request header, `Name: value` (repeatable).
+    /// Extra request header, `Name: value` (repeatable). It replaces the generator's own header of
+    /// that name (`Authorization` from --api-key, `Content-Type`, ...); a name given twice keeps the last.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
 
@@ -233,7 +234,8 @@ fn headers_of(args: &BenchArgs) -> anyhow::Result<HeaderMap> {
             .with_context(|| format!("--header #{n}: invalid header name (not shown)"))?;
         let value = HeaderValue::from_str(value.trim())
             .with_context(|| format!("--header #{n} `{name}`: invalid value (not shown)"))?;
-        h.append(name, value);
+        // `insert`, not `append`: reqwest's default headers keep one value per name anyway.
+        h.insert(name, value);
     }
     Ok(h)
 }
@@ -517,6 +519,26 @@ mod tests {
         assert_eq!(h.get("x-team").unwrap(), "blue");
         assert_eq!(h.get(ACCEPT).unwrap(), "text/event-stream");
         assert!(headers_of(&parse(&["-H", "nocolon"]).unwrap()).is_err());
+
+        // A --header replaces the generator's header of that name, and the last one of a name wins.
+        let a = parse(&[
+            "--api-key",
+            "sk-1",
+            "-H",
+            "authorization: Bearer sk-2",
+            "-H",
+            "content-type: text/plain",
+            "-H",
+            "x-a: 1",
+            "-H",
+            "X-A: 2",
+        ])
+        .unwrap();
+        let h = headers_of(&a).unwrap();
+        let all = |name| h.get_all(name).iter().collect::<Vec<_>>();
+        assert_eq!(all(AUTHORIZATION.as_str()), ["Bearer sk-2"]);
+        assert_eq!(all(CONTENT_TYPE.as_str()), ["text/plain"]);
+        assert_eq!(all("x-a"), ["2"]);
     }
 
     #[test]

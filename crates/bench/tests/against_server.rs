@@ -35,6 +35,8 @@ struct ServerState {
     prompts: Mutex<Vec<String>>,
     /// `model` of each `/generate` request.
     models: Mutex<Vec<String>>,
+    /// Every `Authorization` value received by the chat route.
+    authorizations: Mutex<Vec<String>>,
 }
 
 const MISS_COST: f64 = 0.002;
@@ -69,6 +71,12 @@ fn error(status: StatusCode, msg: &str) -> Response {
 }
 
 async fn chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, Json(req): Json<Value>) -> Response {
+    st.authorizations.lock().unwrap().extend(
+        headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned()),
+    );
     if !authorised(&st, &headers) {
         return error(StatusCode::UNAUTHORIZED, "bad key");
     }
@@ -174,6 +182,7 @@ async fn start(behaviour: Behaviour) -> TestServer {
         counter: AtomicU64::new(0),
         prompts: Mutex::new(Vec::new()),
         models: Mutex::new(Vec::new()),
+        authorizations: Mutex::new(Vec::new()),
     });
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -363,6 +372,32 @@ async fn prompt_file_and_api_key() {
     assert_eq!(r.ok, 0);
     assert!(r.latency_ms.is_none());
     std::fs::remove_file(&path).unwrap();
+}
+
+/// A `--header` replaces the generator's own header of that name: one `Authorization`, the `-H` one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_replaces_api_key() {
+    let srv = start(Behaviour {
+        api_key: Some("sk-header".into()),
+        ..Behaviour::default()
+    })
+    .await;
+    let r = bench(
+        &srv.url,
+        &[
+            "--users",
+            "1",
+            "--requests",
+            "2",
+            "--api-key",
+            "sk-flag",
+            "-H",
+            "Authorization: Bearer sk-header",
+        ],
+    )
+    .await;
+    assert_eq!(r.ok, 2, "{:?}", r.errors_by_status);
+    assert_eq!(*srv.state.authorizations.lock().unwrap(), vec!["Bearer sk-header"; 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
