@@ -71,8 +71,9 @@ pub struct BenchArgs {
     #[arg(long, env = "OPTIROUTE_BENCH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// Extra request header, `Name: value` (repeatable). It replaces the generator's own header of
-    /// that name (`Authorization` from --api-key, `Content-Type`, ...); a name given twice keeps the last.
+    /// Extra request header, `Name: value` (repeatable). It replaces the generator's own header
+    /// of that name (`Authorization` from --api-key, `Content-Type`, `User-Agent`, ...); a name
+    /// given twice keeps the last.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
 
@@ -259,8 +260,9 @@ fn build_client(args: &BenchArgs, pool: usize) -> anyhow::Result<reqwest::Client
         .pool_idle_timeout(Duration::from_secs(90))
         .connect_timeout(Duration::from_secs(10))
         .timeout(args.timeout)
-        .default_headers(headers_of(args)?)
-        .user_agent(concat!("optiroute-bench/", env!("CARGO_PKG_VERSION")));
+        // Before the headers, so that a --header User-Agent replaces it.
+        .user_agent(concat!("optiroute-bench/", env!("CARGO_PKG_VERSION")))
+        .default_headers(headers_of(args)?);
     if args.http2 {
         builder = builder.http2_prior_knowledge();
     }

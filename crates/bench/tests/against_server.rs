@@ -35,8 +35,8 @@ struct ServerState {
     prompts: Mutex<Vec<String>>,
     /// `model` of each `/generate` request.
     models: Mutex<Vec<String>>,
-    /// Every `Authorization` value received by the chat route.
-    authorizations: Mutex<Vec<String>>,
+    /// The headers of the last chat request.
+    last_headers: Mutex<HeaderMap>,
 }
 
 const MISS_COST: f64 = 0.002;
@@ -71,12 +71,7 @@ fn error(status: StatusCode, msg: &str) -> Response {
 }
 
 async fn chat(State(st): State<Arc<ServerState>>, headers: HeaderMap, Json(req): Json<Value>) -> Response {
-    st.authorizations.lock().unwrap().extend(
-        headers
-            .get_all(header::AUTHORIZATION)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned()),
-    );
+    *st.last_headers.lock().unwrap() = headers.clone();
     if !authorised(&st, &headers) {
         return error(StatusCode::UNAUTHORIZED, "bad key");
     }
@@ -182,7 +177,7 @@ async fn start(behaviour: Behaviour) -> TestServer {
         counter: AtomicU64::new(0),
         prompts: Mutex::new(Vec::new()),
         models: Mutex::new(Vec::new()),
-        authorizations: Mutex::new(Vec::new()),
+        last_headers: Mutex::new(HeaderMap::new()),
     });
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -374,7 +369,8 @@ async fn prompt_file_and_api_key() {
     std::fs::remove_file(&path).unwrap();
 }
 
-/// A `--header` replaces the generator's own header of that name: one `Authorization`, the `-H` one.
+/// A `--header` replaces the generator's own header of that name: one `Authorization`, the `-H`
+/// one, and the `-H` User-Agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_replaces_api_key() {
     let srv = start(Behaviour {
@@ -393,11 +389,16 @@ async fn header_replaces_api_key() {
             "sk-flag",
             "-H",
             "Authorization: Bearer sk-header",
+            "-H",
+            "User-Agent: mine",
         ],
     )
     .await;
     assert_eq!(r.ok, 2, "{:?}", r.errors_by_status);
-    assert_eq!(*srv.state.authorizations.lock().unwrap(), vec!["Bearer sk-header"; 2]);
+    let h = srv.state.last_headers.lock().unwrap().clone();
+    let all = |name| h.get_all(name).iter().collect::<Vec<_>>();
+    assert_eq!(all(header::AUTHORIZATION), ["Bearer sk-header"]);
+    assert_eq!(all(header::USER_AGENT), ["mine"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
