@@ -401,11 +401,15 @@ pub fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// [`run`] then [`print_report`], as `optiroute bench` does.
+/// [`run`] then [`print_report`], as `optiroute bench` does. Fails after printing when
+/// requests were sent and none succeeded ([`Report::none_succeeded`]), so that the exit status shows it.
 pub async fn run_and_print(args: BenchArgs) -> anyhow::Result<Report> {
     let json = args.json;
     let report = run(args).await?;
     print_report(&report, json)?;
+    if let Some(line) = report.none_succeeded() {
+        bail!(line);
+    }
     Ok(report)
 }
 

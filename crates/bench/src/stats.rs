@@ -363,6 +363,27 @@ fn pct_row(out: &mut String, name: &str, p: &Option<Percentiles>) {
 }
 
 impl Report {
+    /// `500: 3, timeout: 1`
+    fn errors_list(&self) -> String {
+        let list: Vec<String> = self.errors_by_status.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        list.join(", ")
+    }
+
+    /// A one-line summary when requests were sent and none succeeded, else `None`.
+    pub fn none_succeeded(&self) -> Option<String> {
+        if self.ok > 0 || self.requests + self.unfinished == 0 {
+            return None;
+        }
+        let mut line = format!("no request succeeded: {} errors", self.errors);
+        if self.errors > 0 {
+            let _ = write!(line, " ({})", self.errors_list());
+        }
+        if self.unfinished > 0 {
+            let _ = write!(line, ", {} unfinished", self.unfinished);
+        }
+        Some(line)
+    }
+
     /// A human-readable summary table.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
@@ -392,8 +413,7 @@ impl Report {
         );
         let _ = writeln!(out, "{:<16} {:.2}", "req/s", self.requests_per_s);
         if !self.errors_by_status.is_empty() {
-            let list: Vec<String> = self.errors_by_status.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            let _ = writeln!(out, "{:<16} {}", "errors by status", list.join(", "));
+            let _ = writeln!(out, "{:<16} {}", "errors by status", self.errors_list());
         }
         if self.unfinished > 0 {
             let _ = writeln!(
@@ -526,6 +546,38 @@ mod tests {
             let table = r.to_table();
             assert!(table.contains(&format!("open loop, {shown} req/s")), "{table}");
         }
+    }
+
+    #[test]
+    fn none_succeeded_only_when_nothing_did() {
+        let mut st = Stats::new().unwrap();
+        st.record(Sample::new(Outcome::Status(401), Duration::from_millis(1)));
+        st.record(Sample::new(Outcome::Failed("connect"), Duration::from_millis(1)));
+        let r = st.into_report(RunMeta {
+            unfinished: 2,
+            ..meta(Duration::from_secs(1))
+        });
+        assert_eq!(
+            r.none_succeeded().as_deref(),
+            Some("no request succeeded: 2 errors (401: 1, connect: 1), 2 unfinished")
+        );
+        let r = Stats::new().unwrap().into_report(RunMeta {
+            unfinished: 3,
+            ..meta(Duration::from_secs(1))
+        });
+        assert_eq!(
+            r.none_succeeded().as_deref(),
+            Some("no request succeeded: 0 errors, 3 unfinished")
+        );
+        // Nothing sent (an immediate Ctrl-C), or one success: not a failure.
+        assert_eq!(
+            Stats::new().unwrap().into_report(meta(Duration::ZERO)).none_succeeded(),
+            None
+        );
+        let mut st = Stats::new().unwrap();
+        st.record(Sample::new(Outcome::Status(500), Duration::from_millis(1)));
+        st.record(Sample::new(Outcome::Ok, Duration::from_millis(1)));
+        assert_eq!(st.into_report(meta(Duration::from_secs(1))).none_succeeded(), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::serve::ListenerExt;
 use bytes::Bytes;
 use clap::Parser;
-use optiroute_bench::{BenchArgs, Report, run};
+use optiroute_bench::{BenchArgs, Report, run, run_and_print};
 use serde_json::{Value, json};
 
 /// Request `n` (in arrival order) fails with 500 when `n % fail_every == fail_every - 1`;
@@ -414,6 +414,9 @@ async fn open_loop_sends_exactly_n_at_the_rate() {
     let prompts = srv.state.prompts.lock().unwrap().clone();
     let distinct: std::collections::HashSet<_> = prompts.iter().collect();
     assert_eq!(distinct.len(), 30, "unique mix must not repeat");
+    // Some requests succeeded: run_and_print does not fail.
+    let args = ["bench", "--url", &srv.url, "--requests", "2", "--json"];
+    assert!(run_and_print(Cli::try_parse_from(args).unwrap().bench).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,6 +438,13 @@ async fn refused_connections_are_counted() {
     let r = bench(&url, &["--users", "2", "--requests", "4"]).await;
     assert_eq!(r.requests, 4);
     assert_eq!(r.errors_by_status.get("connect"), Some(&4), "{:?}", r.errors_by_status);
+
+    // `optiroute bench` fails (exit status 1) when no request succeeded.
+    let args = ["bench", "--url", &url, "--requests", "2", "--json"];
+    let err = run_and_print(Cli::try_parse_from(args).unwrap().bench)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "no request succeeded: 2 errors (connect: 2)");
 }
 
 #[tokio::test]
