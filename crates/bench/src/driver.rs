@@ -7,7 +7,8 @@
 //!   delay by slowing the generator down (no coordinated omission). `max_in_flight` bounds memory.
 //!
 //! Both stop when the run time is over (no new requests; those in flight get `grace` to finish,
-//! then are aborted and counted as unfinished) or after exactly `requests` requests.
+//! then are aborted and counted as unfinished) or after exactly `requests` requests, or at once
+//! when the `stop` future given to [`drive`] completes (Ctrl-C).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +62,8 @@ pub struct Shared {
     pub completed: AtomicU64,
     pub errors: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Open loop: requests sent so far.
+    sent: AtomicU64,
 }
 
 impl Shared {
@@ -70,6 +73,7 @@ impl Shared {
             completed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -101,14 +105,60 @@ pub struct RunSummary {
     pub max_lag: Option<Duration>,
 }
 
-pub async fn drive<E: Exec>(exec: Arc<E>, plan: &Plan, shared: Arc<Shared>) -> RunSummary {
-    match plan.load {
-        Load::Closed {
-            users,
-            spawn_rate,
-            think,
-        } => closed_loop(exec, plan, users, spawn_rate, think, shared).await,
-        Load::Open { rate, max_in_flight } => open_loop(exec, plan, rate, max_in_flight.max(1), shared).await,
+/// Runs the plan, or until `stop` completes: then the requests in flight are aborted (unfinished),
+/// and in open loop those due by then but held back by `max_in_flight` are unsent.
+pub async fn drive<E: Exec>(
+    exec: Arc<E>,
+    plan: &Plan,
+    shared: Arc<Shared>,
+    stop: impl Future<Output = ()>,
+) -> RunSummary {
+    let start = Instant::now();
+    let sh = shared.clone();
+    let run = async move {
+        match plan.load {
+            Load::Closed {
+                users,
+                spawn_rate,
+                think,
+            } => closed_loop(exec, plan, start, users, spawn_rate, think, sh).await,
+            Load::Open { rate, max_in_flight } => open_loop(exec, plan, start, rate, max_in_flight.max(1), sh).await,
+        }
+    };
+    tokio::select! {
+        summary = run => summary,
+        () = stop => {
+            let elapsed = start.elapsed();
+            let unsent = match plan.load {
+                Load::Open { rate, .. } => {
+                    let due = count(elapsed.as_secs_f64() * rate + 1.0).min(scheduled(plan, rate));
+                    due.saturating_sub(shared.sent.load(Ordering::Relaxed))
+                }
+                Load::Closed { .. } => 0,
+            };
+            RunSummary {
+                elapsed,
+                unfinished: shared.in_flight.load(Ordering::Relaxed),
+                unsent,
+                max_lag: None,
+            }
+        }
+    }
+}
+
+/// `x` rounded down to a count, saturating.
+fn count(x: f64) -> u64 {
+    if x >= u64::MAX as f64 { u64::MAX } else { x as u64 }
+}
+
+/// Open loop: requests due before the deadline (i / rate < run_time), capped by --requests.
+fn scheduled(plan: &Plan, rate: f64) -> u64 {
+    match plan.run_time {
+        Some(rt) => {
+            let due = count((rt.as_secs_f64() * rate).ceil());
+            plan.requests.map_or(due, |n| n.min(due))
+        }
+        None => plan.requests.unwrap_or(u64::MAX),
     }
 }
 
@@ -144,12 +194,12 @@ async fn finish(set: &mut JoinSet<()>, hard_stop: Option<Instant>, shared: &Shar
 async fn closed_loop<E: Exec>(
     exec: Arc<E>,
     plan: &Plan,
+    start: Instant,
     users: u32,
     spawn_rate: Option<f64>,
     think: Duration,
     shared: Arc<Shared>,
 ) -> RunSummary {
-    let start = Instant::now();
     let deadline = plan.run_time.map(|d| after(start, d));
     let limit = plan.requests.unwrap_or(u64::MAX);
     let tickets = Arc::new(AtomicU64::new(0));
@@ -196,21 +246,13 @@ async fn closed_loop<E: Exec>(
 async fn open_loop<E: Exec>(
     exec: Arc<E>,
     plan: &Plan,
+    start: Instant,
     rate: f64,
     max_in_flight: usize,
     shared: Arc<Shared>,
 ) -> RunSummary {
-    let start = Instant::now();
     let deadline = plan.run_time.map(|d| after(start, d));
-    // Requests due before the deadline (i / rate < run_time), capped by --requests.
-    let scheduled = match plan.run_time {
-        Some(rt) => {
-            let due = (rt.as_secs_f64() * rate).ceil();
-            let due = if due >= u64::MAX as f64 { u64::MAX } else { due as u64 };
-            plan.requests.map_or(due, |n| n.min(due))
-        }
-        None => plan.requests.unwrap_or(u64::MAX),
-    };
+    let scheduled = scheduled(plan, rate);
     // Beyond what a semaphore can hold (about 2^61) is no limit in practice.
     let permits = Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS)));
     let mut set = JoinSet::new();
@@ -236,11 +278,12 @@ async fn open_loop<E: Exec>(
             },
         };
         max_lag = max_lag.max(Instant::now().saturating_duration_since(intended));
-        let (exec, shared) = (exec.clone(), shared.clone());
+        let (exec, sh) = (exec.clone(), shared.clone());
         set.spawn(async move {
-            run_one(&*exec, &shared, seq, intended).await;
+            run_one(&*exec, &sh, seq, intended).await;
             drop(permit);
         });
+        shared.sent.fetch_add(1, Ordering::Relaxed);
         while set.try_join_next().is_some() {}
         seq += 1;
     }
@@ -258,6 +301,7 @@ async fn open_loop<E: Exec>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use std::future::pending;
     use std::sync::Mutex as StdMutex;
 
     /// Answers after a fixed (virtual) latency and logs when each request was sent.
@@ -310,7 +354,7 @@ mod tests {
             grace: Duration::from_secs(5),
         };
         let sh = shared();
-        let sum = drive(fake.clone(), &plan, sh.clone()).await;
+        let sum = drive(fake.clone(), &plan, sh.clone(), pending()).await;
         // User u starts at u * 0.5 s and sends back to back while now < 10.25 s.
         let expected: u64 = (0..4u64)
             .map(|u| {
@@ -342,7 +386,7 @@ mod tests {
                 grace: Duration::ZERO,
             };
             let sh = shared();
-            let sum = drive(fake.clone(), &plan, sh.clone()).await;
+            let sum = drive(fake.clone(), &plan, sh.clone(), pending()).await;
             assert_eq!(sh.completed.load(Ordering::Relaxed), n);
             let mut seqs: Vec<u64> = fake.sent.lock().unwrap().iter().map(|s| s.0).collect();
             seqs.sort_unstable();
@@ -362,7 +406,7 @@ mod tests {
             grace: Duration::ZERO,
         };
         let sh = shared();
-        let sum = drive(fake.clone(), &plan, sh.clone()).await;
+        let sum = drive(fake.clone(), &plan, sh.clone(), pending()).await;
         let sent: Vec<u128> = fake.sent.lock().unwrap().iter().map(|s| s.1.as_millis()).collect();
         assert_eq!(sent, (0..10).map(|i| i * 1000).collect::<Vec<_>>());
         // The user is thinking at the deadline: the run ends then.
@@ -379,7 +423,7 @@ mod tests {
             grace: Duration::from_secs(2),
         };
         let sh = shared();
-        let sum = drive(fake, &plan, sh.clone()).await;
+        let sum = drive(fake, &plan, sh.clone(), pending()).await;
         assert_eq!(sh.completed.load(Ordering::Relaxed), 0);
         assert_eq!(sum.unfinished, 5);
         assert_eq!(sum.elapsed, Duration::from_secs(3));
@@ -398,7 +442,7 @@ mod tests {
             grace: Duration::from_secs(1),
         };
         let sh = shared();
-        let sum = drive(fake.clone(), &plan, sh.clone()).await;
+        let sum = drive(fake.clone(), &plan, sh.clone(), pending()).await;
         assert_eq!(sh.completed.load(Ordering::Relaxed), 200);
         assert_eq!(sum.unsent, 0);
         assert_eq!(sum.max_lag, Some(Duration::ZERO));
@@ -443,7 +487,7 @@ mod tests {
             grace: Duration::ZERO,
         };
         let sh = shared();
-        let sum = drive(fake.clone(), &plan, sh.clone()).await;
+        let sum = drive(fake.clone(), &plan, sh.clone(), pending()).await;
         assert_eq!(sh.completed.load(Ordering::Relaxed), 5);
         assert_eq!(sum.max_lag, Some(Duration::from_millis(3600)));
         let sent: Vec<Duration> = fake.sent.lock().unwrap().iter().map(|s| s.1).collect();
@@ -483,11 +527,33 @@ mod tests {
             grace: Duration::ZERO,
         };
         let sh = shared();
-        let sum = drive(fake.clone(), &plan, sh.clone()).await;
+        let sum = drive(fake.clone(), &plan, sh.clone(), pending()).await;
         assert_eq!(sum.unsent, 0);
         assert_eq!(sh.completed.load(Ordering::Relaxed), 2);
         let sent: Vec<Duration> = fake.sent.lock().unwrap().iter().map(|s| s.1).collect();
         assert_eq!(sent, [Duration::ZERO, FOREVER]);
+    }
+
+    /// Stopped early (Ctrl-C): the requests due by then but held back are unsent, those in
+    /// flight unfinished; not yet due is neither.
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_stopped_early_counts_what_was_due() {
+        for (rate, unsent) in [(10.0, 19), (0.001, 0)] {
+            let plan = Plan {
+                load: Load::Open { rate, max_in_flight: 2 },
+                run_time: Some(Duration::from_secs(60)),
+                requests: None,
+                grace: Duration::ZERO,
+            };
+            let sh = shared();
+            let stop = tokio::time::sleep(Duration::from_millis(2050));
+            let sum = drive(Fake::new(Duration::from_secs(10)), &plan, sh.clone(), stop).await;
+            // At 10/s, 21 requests are due by 2.05 s and 2 went out; at 0.001/s, only the first.
+            assert_eq!(sum.unsent, unsent, "rate {rate}");
+            assert_eq!(sum.unfinished, if rate > 1.0 { 2 } else { 1 }, "rate {rate}");
+            assert_eq!(sum.elapsed, Duration::from_millis(2050));
+            assert_eq!(sh.completed.load(Ordering::Relaxed), 0);
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -503,7 +569,7 @@ mod tests {
             grace: Duration::ZERO,
         };
         let sh = shared();
-        let sum = drive(fake, &plan, sh.clone()).await;
+        let sum = drive(fake, &plan, sh.clone(), pending()).await;
         assert_eq!(sum.unsent, 7);
         assert_eq!(sum.unfinished, 3);
         assert_eq!(sh.completed.load(Ordering::Relaxed), 0);

@@ -30,7 +30,7 @@ pub use parse::{parse_duration, parse_rate};
 pub use stats::{CacheReport, Percentiles, Report};
 pub use workload::builtin_pool;
 
-use driver::{Load, Plan, RunSummary, Shared};
+use driver::{Load, Plan, Shared};
 use http::HttpExec;
 use stats::{RunMeta, Stats};
 use workload::{BodyShape, Workload};
@@ -348,15 +348,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             std::future::pending::<()>().await;
         }
     };
-    let summary = tokio::select! {
-        s = driver::drive(exec, &plan, shared.clone()) => s,
-        () = interrupted => RunSummary {
-            elapsed: started.elapsed(),
-            unfinished: shared.in_flight.load(Ordering::Relaxed),
-            unsent: 0,
-            max_lag: None,
-        },
-    };
+    let summary = driver::drive(exec, &plan, shared.clone(), interrupted).await;
     if let Some(t) = ticker {
         t.abort();
     }

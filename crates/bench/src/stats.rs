@@ -304,7 +304,7 @@ pub struct Report {
     pub errors_by_status: BTreeMap<String, u64>,
     /// Requests still running when the grace period after the deadline ran out (aborted, not counted).
     pub unfinished: u64,
-    /// Open loop only: scheduled before the deadline but never sent because `--max-in-flight` was full.
+    /// Open loop only: due before the deadline (or Ctrl-C) but never sent because `--max-in-flight` was full.
     pub unsent: u64,
     pub requests_per_s: f64,
     /// Latency of successful requests (open loop: from the intended send time).
