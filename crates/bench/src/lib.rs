@@ -170,11 +170,24 @@ pub fn endpoint_url(base: &str, endpoint: Endpoint) -> String {
 fn target_url(base: &str, endpoint: Endpoint) -> anyhow::Result<reqwest::Url> {
     let ok = reqwest::Url::parse(base.trim())
         .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
+    let shown = without_userinfo(base);
     if !ok {
-        bail!("invalid --url `{base}`: expected an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000");
+        bail!("invalid --url `{shown}`: expected an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000");
     }
     let url = endpoint_url(base, endpoint);
-    reqwest::Url::parse(&url).with_context(|| format!("invalid --url `{base}`"))
+    reqwest::Url::parse(&url).with_context(|| format!("invalid --url `{shown}`"))
+}
+
+/// `base` with any `user:password@` before the host replaced by `***@`, for error messages.
+fn without_userinfo(base: &str) -> String {
+    let rest_at = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[rest_at..]
+        .find(['/', '?', '#'])
+        .map_or(base.len(), |i| rest_at + i);
+    match base[rest_at..host_end].rfind('@') {
+        Some(at) => format!("{}***{}", &base[..rest_at], &base[rest_at + at..]),
+        None => base.to_string(),
+    }
 }
 
 fn plan_of(args: &BenchArgs) -> anyhow::Result<Plan> {
@@ -507,6 +520,13 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        // a password in a rejected URL is not repeated in the error
+        let err = target_url("ftp://alice:s3cret@host/x", Endpoint::Chat)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret") && err.contains("ftp://***@host/x"), "{err}");
+        assert_eq!(without_userinfo("http://a@b@c:1/p?q=@"), "http://***@c:1/p?q=@");
+        assert_eq!(without_userinfo("localhost:8080"), "localhost:8080");
     }
 
     #[test]
