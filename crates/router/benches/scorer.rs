@@ -1,7 +1,7 @@
 //! Scoring latency on a ~2 KB prompt: `cargo bench -p optiroute-router --bench scorer`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use optiroute_router::features::{HashConfig, NumericStats, TextStats, hashed_ngrams};
+use optiroute_router::features::{HashConfig, LexicalStats, NumericStats, TextStats, hashed_ngrams};
 use optiroute_router::{Conversation, HeuristicScorer, LearnedScorer, Scorer};
 use std::hint::black_box;
 
@@ -33,6 +33,7 @@ fn bench(c: &mut Criterion) {
     let text = prompt_2kb();
     c.bench_function("text_stats_2kb", |b| b.iter(|| TextStats::of(black_box(&text))));
     c.bench_function("numeric_stats_2kb", |b| b.iter(|| NumericStats::of(black_box(&text))));
+    c.bench_function("lexical_stats_2kb", |b| b.iter(|| LexicalStats::of(black_box(&text))));
     let hash = HashConfig::default();
     c.bench_function("hashed_ngrams_2kb", |b| {
         b.iter(|| hashed_ngrams(black_box(&text), &hash))

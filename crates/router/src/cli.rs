@@ -8,6 +8,7 @@ use crate::metrics::Curve;
 use crate::plot::{self, Marker, Series};
 use crate::scorer::{HeuristicScorer, Scorer};
 use crate::traffic;
+use crate::trees::TreeConfig;
 use crate::verifier::Verifier;
 use anyhow::{Context, bail};
 use std::io::Write;
@@ -99,6 +100,22 @@ pub struct TrainArgs {
     /// Group smoothing of training labels by `subject`/`category` (0 = off, 1 = group mean only).
     #[arg(long, default_value_t = 0.5)]
     pub group_smooth: f32,
+    /// Boosting rounds of the gradient-boosted trees blended with the heads (0 = no trees).
+    #[arg(long, default_value_t = 200)]
+    pub trees: usize,
+    /// Weight of the trees in the score, in [0, 1] (default: chosen by 5-fold cross-validation on the
+    /// training data).
+    #[arg(long)]
+    pub tree_blend: Option<f32>,
+    /// Leaves per tree.
+    #[arg(long, default_value_t = 15)]
+    pub tree_leaves: usize,
+    /// Fewest training rows per leaf.
+    #[arg(long, default_value_t = 40)]
+    pub tree_min_leaf: usize,
+    /// Learning rate (shrinkage) of the boosting.
+    #[arg(long, default_value_t = 0.04)]
+    pub tree_lr: f32,
 }
 
 impl TrainArgs {
@@ -130,6 +147,14 @@ impl TrainArgs {
             },
             dense: !self.no_dense,
             group_smooth: self.group_smooth,
+            trees: TreeConfig {
+                rounds: self.trees,
+                max_leaves: self.tree_leaves,
+                min_leaf: self.tree_min_leaf,
+                learning_rate: self.tree_lr,
+                ..TreeConfig::default()
+            },
+            tree_blend: self.tree_blend,
         }
     }
 }
@@ -331,19 +356,23 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
             let cfg = train_args.config();
             let data_name = data.display().to_string();
             let trained_on: Vec<String> = train.iter().map(|p| p.display().to_string()).collect();
+            let mut tree_blend = Vec::new();
             let (scores, folds, mode) = if router == RouterName::Learned {
                 if let Some(k) = cv {
                     let extra = load_all(&train)?;
-                    let (s, f) = eval::cross_val_scores(&rows, &extra, k, seed, &cfg, threads)?;
-                    (s, Some((f, k)), "cv")
+                    let cv = eval::cross_val_scores(&rows, &extra, k, seed, &cfg, threads)?;
+                    tree_blend = cv.tree_blend;
+                    (cv.scores, Some((cv.folds, k)), "cv")
                 } else if !train.is_empty() {
                     let model = eval::train_on(&load_all(&train)?, &cfg)?;
+                    tree_blend.push(model.tree_blend());
                     (eval::score_rows(&model, &rows), None, "train-test")
                 } else {
                     let model = learned_from(weights.as_deref())?;
                     eprintln!(
                         "note: scoring with the shipped weights; if they were trained on {data_name} the figures are in-sample (use --cv K or --train FILES)"
                     );
+                    tree_blend.push(model.tree_blend());
                     (eval::score_rows(&model, &rows), None, "shipped")
                 }
             } else {
@@ -389,6 +418,7 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
                     trained_on,
                     seed,
                     folds: folds.as_ref().map(|(f, k)| (f.as_slice(), *k)),
+                    tree_blend,
                     cascade_scores: cascade_scores.as_ref().map(|(s, m)| (s.as_slice(), m.clone())),
                 },
                 &rows,
@@ -554,6 +584,10 @@ pub fn table(r: &EvalReport) -> String {
         let m = r.fold_apgr.iter().sum::<f64>() / r.fold_apgr.len() as f64;
         let sd = (r.fold_apgr.iter().map(|x| (x - m).powi(2)).sum::<f64>() / r.fold_apgr.len() as f64).sqrt();
         s += &format!("  APGR/fold   {m:.4} ± {sd:.4}\n");
+    }
+    if !r.tree_blend.is_empty() {
+        let w: Vec<String> = r.tree_blend.iter().map(|w| format!("{w:.1}")).collect();
+        s += &format!("  tree blend  {}\n", w.join(", "));
     }
     s += &format!(
         "  CPT(50%)    {}\n  CPT(80%)    {}\n",

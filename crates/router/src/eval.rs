@@ -63,6 +63,16 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     idx
 }
 
+/// Out-of-fold scores of a cross-validation.
+#[derive(Clone, Debug)]
+pub struct CvScores {
+    pub scores: Vec<f32>,
+    /// Fold of each row.
+    pub folds: Vec<usize>,
+    /// The weight of the boosted trees in each fold's model ([`LearnedScorer::tree_blend`]).
+    pub tree_blend: Vec<f32>,
+}
+
 /// Out-of-fold scores from k-fold cross-validation (folds from a seeded shuffle). `extra` rows are
 /// added to every fold's training set. Folds train in parallel on up to `threads` threads.
 pub fn cross_val_scores(
@@ -72,7 +82,7 @@ pub fn cross_val_scores(
     seed: u64,
     cfg: &TrainConfig,
     threads: usize,
-) -> Result<(Vec<f32>, Vec<usize>), TrainError> {
+) -> Result<CvScores, TrainError> {
     if k < 2 || k > rows.len() {
         return Err(TrainError::Config(format!(
             "--cv {k} needs 2 <= k <= {} rows",
@@ -85,7 +95,8 @@ pub fn cross_val_scores(
         fold_of[i] = pos % k;
     }
     let extra_ex = examples(extra, cfg);
-    let run_fold = |f: usize| -> Result<Vec<(usize, f32)>, TrainError> {
+    type FoldScores = (Vec<(usize, f32)>, f32);
+    let run_fold = |f: usize| -> Result<FoldScores, TrainError> {
         let train_rows: Vec<Row> = rows
             .iter()
             .zip(&fold_of)
@@ -95,18 +106,20 @@ pub fn cross_val_scores(
         let mut ex = examples(&train_rows, cfg);
         ex.extend(extra_ex.iter().cloned());
         let model = train(&ex, cfg)?;
-        Ok(rows
+        let scores = rows
             .iter()
             .enumerate()
             .filter(|(i, _)| fold_of[*i] == f)
             .map(|(i, r)| (i, model.score(&r.conv)))
-            .collect())
+            .collect();
+        Ok((scores, model.tree_blend()))
     };
     let mut scores = vec![0.0f32; rows.len()];
+    let mut tree_blend = Vec::with_capacity(k);
     let threads = threads.clamp(1, k);
     let folds: Vec<usize> = (0..k).collect();
     for chunk in folds.chunks(threads) {
-        let results: Vec<Result<Vec<(usize, f32)>, TrainError>> = std::thread::scope(|s| {
+        let results: Vec<Result<FoldScores, TrainError>> = std::thread::scope(|s| {
             let handles: Vec<_> = chunk.iter().map(|&f| s.spawn(move || run_fold(f))).collect();
             handles
                 .into_iter()
@@ -117,12 +130,18 @@ pub fn cross_val_scores(
                 .collect()
         });
         for r in results {
-            for (i, sc) in r? {
+            let (fold_scores, blend) = r?;
+            for (i, sc) in fold_scores {
                 scores[i] = sc;
             }
+            tree_blend.push(blend);
         }
     }
-    Ok((scores, fold_of))
+    Ok(CvScores {
+        scores,
+        folds: fold_of,
+        tree_blend,
+    })
 }
 
 /// Margin of a curve over a baseline at strong-call budgets of 1%, 2%, ..., 89%.
@@ -192,6 +211,9 @@ pub struct EvalReport {
     pub max_pgr_at: f64,
     /// APGR of each cross-validation fold scored on its own (the headline figures pool all folds).
     pub fold_apgr: Vec<f64>,
+    /// Weight of the boosted trees in the learned model of each fold (one value without folds; empty
+    /// for rules).
+    pub tree_blend: Vec<f32>,
     /// The legacy rule `prompt > 60 chars -> strong` as one operating point.
     pub length_rule: OperatingPoint,
     /// Versus the length rule used under a budget (random pick among prompts over 60 chars).
@@ -223,6 +245,8 @@ pub struct Provenance<'a> {
     pub seed: u64,
     /// Fold of each row and the number of folds, for cross-validated scores.
     pub folds: Option<(&'a [usize], usize)>,
+    /// The learned models' tree blend weights (see [`EvalReport::tree_blend`]).
+    pub tree_blend: Vec<f32>,
     /// The cascade's ranking scores ([`crate::verifier::cascade_scores`]) and where its verifier came from.
     pub cascade_scores: Option<(&'a [f32], String)>,
 }
@@ -315,6 +339,7 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
         trained_on,
         seed,
         folds: fold_of,
+        tree_blend,
         cascade_scores,
     } = p;
     let out = outcomes(rows);
@@ -373,6 +398,7 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
         max_pgr,
         max_pgr_at,
         fold_apgr,
+        tree_blend,
         length_rule,
         vs_length_rule: margin(&curve, &length_rule_curve),
         length_curve: CurveSummary::of(&length_score_curve),

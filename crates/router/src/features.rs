@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Version of the feature definitions ([`TextStats`], [`dense_features`], [`hashed_ngrams`]). Features
 /// logged by the gateway carry it; training refuses logged features of another version. Bump it with
 /// any change that alters the features computed for the same text.
-pub const FEATURE_VERSION: u32 = 2;
+pub const FEATURE_VERSION: u32 = 3;
 
 /// Longest text (in chars) that n-gram hashing looks at; longer texts keep their head and tail halves.
 pub const MAX_NGRAM_CHARS: usize = 12_000;
@@ -478,11 +478,21 @@ pub const DENSE_NAMES: &[&str] = &[
     "ln_step_words",
     "ln_quantities",
     "ln_max_number",
+    // wording of the question (see `LexicalStats`)
+    "has_not_except",
+    "word_variety",
+    "ln_long_words",
+    "has_statement_pair",
+    "has_which_of_the_following",
+    "has_blank",
+    "ln_commas",
 ];
 
 /// How many leading [`DENSE_NAMES`] are the general count/signal features; the rest are
 /// [`NumericStats`] (trained with their own L2 multiplier).
 pub const GENERAL_DENSE: usize = 28;
+/// End of the [`NumericStats`] features in [`DENSE_NAMES`]; the [`LexicalStats`] features follow.
+pub const NUMERIC_END: usize = 42;
 
 fn ln1(x: usize) -> f32 {
     (x as f32).ln_1p()
@@ -543,7 +553,65 @@ pub fn dense_features(conv: &Conversation, stats: &TextStats) -> Vec<f32> {
         ln1(n.distinct_numbers + n.number_words),
         n.max_number.ln_1p() as f32,
     ]);
+    let l = LexicalStats::of(conv.last_user());
+    v.extend_from_slice(&[
+        f32::from(u8::from(l.not_except)),
+        l.word_variety,
+        ln1(l.long_words),
+        f32::from(u8::from(l.statement_pair)),
+        f32::from(u8::from(l.which_of_the_following)),
+        f32::from(u8::from(l.blank)),
+        ln1(l.commas),
+    ]);
     v
+}
+
+/// How a question is worded: signals of trick questions and dense text that the boosted trees use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LexicalStats {
+    /// An upper-case `NOT`, `EXCEPT` or `LEAST` word ("Which of these is NOT ...").
+    pub not_except: bool,
+    /// `ln(1 + 10 * distinct / total)` over lower-cased whitespace-separated words (0 for no words).
+    pub word_variety: f32,
+    /// Words longer than 10 bytes.
+    pub long_words: usize,
+    /// A "Statement 1 | ... Statement 2 | ..." pair.
+    pub statement_pair: bool,
+    pub which_of_the_following: bool,
+    /// A `_` (fill in the blank).
+    pub blank: bool,
+    pub commas: usize,
+}
+
+impl LexicalStats {
+    pub fn of(text: &str) -> LexicalStats {
+        // a bound on the work for very long prompts; their variety is that of the head
+        let head = match text.char_indices().nth(MAX_NGRAM_CHARS) {
+            Some((i, _)) => &text[..i],
+            None => text,
+        };
+        let lower = head.to_lowercase();
+        let mut words: Vec<&str> = lower.split_whitespace().collect();
+        let total = words.len();
+        let long_words = words.iter().filter(|w| w.len() > 10).count();
+        words.sort_unstable();
+        words.dedup();
+        LexicalStats {
+            not_except: head
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|w| matches!(w, "NOT" | "EXCEPT" | "LEAST")),
+            word_variety: if total == 0 {
+                0.0
+            } else {
+                (10.0 * words.len() as f32 / total as f32).ln_1p()
+            },
+            long_words,
+            statement_pair: head.contains("Statement 1"),
+            which_of_the_following: lower.contains("which of the following"),
+            blank: head.contains('_'),
+            commas: head.bytes().filter(|&b| b == b',').count(),
+        }
+    }
 }
 
 const NUMBER_WORDS: &[&str] = &[
@@ -1060,6 +1128,28 @@ mod tests {
             dense_features(&conv, &TextStats::of("What is 2 + 2?")).len(),
             DENSE_NAMES.len()
         );
+    }
+
+    #[test]
+    fn lexical_stats_read_the_wording() {
+        let l = LexicalStats::of(
+            "Which of the following is NOT true, according to the author? Statement 1 | ___ is characteristically large, and so on",
+        );
+        assert!(l.not_except && l.statement_pair && l.which_of_the_following && l.blank);
+        assert_eq!(l.commas, 2);
+        assert_eq!(l.long_words, 1, "characteristically");
+        let words = 21.0f32;
+        let distinct = 19.0f32; // "the" and "is" twice
+        assert!((l.word_variety - (10.0 * distinct / words).ln_1p()).abs() < 1e-6);
+        // lower-case "not" and "least" in a word are not the trick-question marker
+        let plain = LexicalStats::of("It is not the least bit LEASTWISE notable");
+        assert!(!plain.not_except && !plain.which_of_the_following);
+        assert_eq!(LexicalStats::of(""), LexicalStats::default());
+        // the same text twice has half the variety ratio
+        let once = LexicalStats::of("alpha beta gamma");
+        let twice = LexicalStats::of("alpha beta gamma alpha beta gamma");
+        assert!((once.word_variety - 10f32.ln_1p()).abs() < 1e-6);
+        assert!((twice.word_variety - 5f32.ln_1p()).abs() < 1e-6);
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! default weights ship inside the crate (`weights/default.json`).
 
 use crate::conversation::Conversation;
-use crate::features::{DENSE_NAMES, GENERAL_DENSE, HashConfig, Sparse, TextStats, dense_features, hashed_ngrams};
+use crate::features::{
+    DENSE_NAMES, GENERAL_DENSE, HashConfig, NUMERIC_END, Sparse, TextStats, dense_features, hashed_ngrams,
+};
+use crate::metrics::{Curve, Outcome};
 use crate::scorer::{Scorer, sigmoid};
+use crate::trees::{self, Forest, TreeConfig};
 use serde::{Deserialize, Serialize};
 
 /// The weights that ship with the crate.
@@ -77,8 +81,8 @@ pub struct TrainConfig {
     /// Extra L2 multiplier for the dense features. They are few and standardised, but on the
     /// benchmark files they overfit unless shrunk hard (cross-validation picked 100).
     pub dense_l2_mult: f64,
-    /// L2 multiplier for the numeric-structure features (the dense features after
-    /// [`GENERAL_DENSE`]); cross-validation on GSM8K picked 10.
+    /// L2 multiplier for the numeric-structure features (the dense features from [`GENERAL_DENSE`] to
+    /// [`NUMERIC_END`]; the ones after them get `dense_l2_mult`); cross-validation on GSM8K picked 10.
     #[serde(default = "default_numeric_l2_mult")]
     pub numeric_l2_mult: f64,
     /// Neighbour-outcome features: the mean labels of the `knn_k` training prompts most similar to
@@ -106,7 +110,28 @@ pub struct TrainConfig {
     /// group` (rows with a `subject`/`category`). Denoises per-prompt 0/1 outcomes; inference is unchanged.
     #[serde(default)]
     pub group_smooth: f32,
+    /// Boosted trees on the raw dense features, fitted to the gain label `(1 + s - w) / 2` and blended
+    /// with the heads' score (`trees.rounds = 0`: none). Needs a two-head or gain target.
+    #[serde(default = "no_trees")]
+    pub trees: TreeConfig,
+    /// Weight of the trees in the score, `(1 - a) * heads + a * trees`. `None`: chosen from
+    /// [`BLEND_GRID`] by 5-fold cross-validation inside the training set (the APGR of the blend).
+    #[serde(default)]
+    pub tree_blend: Option<f32>,
 }
+
+fn no_trees() -> TreeConfig {
+    TreeConfig {
+        rounds: 0,
+        ..TreeConfig::default()
+    }
+}
+
+/// Tree blend weights tried when [`TrainConfig::tree_blend`] is `None`.
+pub const BLEND_GRID: [f32; 7] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
+/// Folds of the inner cross-validation that picks the blend weight, and the seed of their shuffle.
+const BLEND_FOLDS: usize = 5;
+const BLEND_SEED: u64 = 7;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -124,6 +149,8 @@ impl Default for TrainConfig {
             target: Target::TwoHeads,
             dense: true,
             group_smooth: 0.5,
+            trees: TreeConfig::default(),
+            tree_blend: None,
         }
     }
 }
@@ -179,7 +206,15 @@ pub struct LearnedScorer {
     dense_std: Vec<f32>,
     heads: Vec<Head>,
     knn: Option<KnnIndex>,
+    boost: Option<Boost>,
     meta: serde_json::Value,
+}
+
+/// Boosted trees over the raw dense features and their weight in the score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Boost {
+    blend: f32,
+    forest: Forest,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -203,6 +238,8 @@ struct WeightsFile {
     heads: Vec<HeadFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     knn: Option<KnnFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trees: Option<Boost>,
     #[serde(default)]
     meta: serde_json::Value,
 }
@@ -232,6 +269,12 @@ impl LearnedScorer {
             || f.dense_std.len() != d
         {
             return Err(WeightsError::Invalid("dense features do not match this build".into()));
+        }
+        if let Some(b) = &f.trees {
+            if !(0.0..=1.0).contains(&b.blend) || b.forest.n_features != DENSE_NAMES.len() {
+                return Err(WeightsError::Invalid("trees do not match this build".into()));
+            }
+            b.forest.validate().map_err(WeightsError::Invalid)?;
         }
         if !(1..=24).contains(&f.hash.bits) {
             return Err(WeightsError::Invalid(format!("hash bits {}", f.hash.bits)));
@@ -275,6 +318,7 @@ impl LearnedScorer {
             dense_std: f.dense_std,
             heads,
             knn,
+            boost: f.trees,
             meta: f.meta,
         })
     }
@@ -306,6 +350,7 @@ impl LearnedScorer {
             dense_std: self.dense_std.clone(),
             heads,
             knn: self.knn.as_ref().map(KnnIndex::to_file),
+            trees: self.boost.clone(),
             meta: self.meta.clone(),
         };
         Ok(serde_json::to_string(&f)?)
@@ -322,6 +367,11 @@ impl LearnedScorer {
 
     pub fn set_meta(&mut self, meta: serde_json::Value) {
         self.meta = meta;
+    }
+
+    /// The weight of the boosted trees in the score (0 without trees).
+    pub fn tree_blend(&self) -> f32 {
+        self.boost.as_ref().map_or(0.0, |b| b.blend)
     }
 
     /// The n-gram hashing these weights were trained with.
@@ -379,17 +429,32 @@ impl Scorer for LearnedScorer {
     }
     /// The mean of the heads' probabilities: for `TwoHeads`, `(1 + P(strong ok) - P(weak ok)) / 2`.
     /// With a neighbour index, blended with the neighbours' mean label (see [`TrainConfig::knn_blend`]).
+    /// With boosted trees, blended with the trees' estimate of the gain (see [`TrainConfig::trees`]).
     fn score(&self, conv: &Conversation) -> f32 {
         let text = conv.last_user();
         let stats = TextStats::of(text);
-        let sparse = hashed_ngrams(text, &self.hash);
-        let dense = dense_features(conv, &stats);
+        self.score_from_features(&hashed_ngrams(text, &self.hash), &dense_features(conv, &stats))
+    }
+}
+
+impl LearnedScorer {
+    /// [`Scorer::score`] from precomputed features (as [`LearnedScorer::logits_from_features`]).
+    pub fn score_from_features(&self, sparse: &[(u32, f32)], dense: &[f32]) -> f32 {
+        let p = self.heads_score(sparse, dense);
+        match &self.boost {
+            Some(b) => ((1.0 - b.blend) * p + b.blend * b.forest.predict(dense)).clamp(0.0, 1.0),
+            None => p,
+        }
+    }
+
+    /// The heads' score, blended with the neighbours' labels when there is an index.
+    fn heads_score(&self, sparse: &[(u32, f32)], dense: &[f32]) -> f32 {
         let Some(knn) = &self.knn else {
-            return mean_prob(&self.logits_with(&sparse, &dense, &[]));
+            return mean_prob(&self.logits_with(sparse, dense, &[]));
         };
-        let f = knn.features(&sparse, None);
+        let f = knn.features(sparse, None);
         let stacked: &[f32] = if knn.stacked { &f } else { &[] };
-        let p = mean_prob(&self.logits_with(&sparse, &dense, stacked));
+        let p = mean_prob(&self.logits_with(sparse, dense, stacked));
         let nb = f[..knn.n_heads].iter().sum::<f32>() / knn.n_heads.max(1) as f32;
         (1.0 - knn.blend) * p + knn.blend * nb
     }
@@ -421,6 +486,7 @@ fn standardise(x: f32, mean: f32, std: f32) -> f32 {
 }
 
 /// Precomputed features of one example.
+#[derive(Clone)]
 struct Row {
     sparse: Sparse,
     dense: Vec<f32>,
@@ -485,6 +551,103 @@ pub fn train_with_features(
             cfg.target
         )));
     }
+    let boost = if cfg.trees.rounds > 0 {
+        Some(fit_boost(&rows, cfg)?)
+    } else {
+        None
+    };
+    let mut model = fit_heads(rows, cfg)?;
+    model.boost = boost;
+    model.meta = serde_json::json!({ "examples": examples.len() + precomputed.len(), "config": cfg });
+    Ok(model)
+}
+
+/// The gain label `(1 + s - w) / 2` of a row, which the trees fit.
+fn gain_label(r: &Row, target: Target) -> f32 {
+    match target {
+        // labels are `s` and `1 - w`
+        Target::TwoHeads => ((r.labels[0] + r.labels[1]) / 2.0) as f32,
+        _ => r.labels[0] as f32,
+    }
+}
+
+/// Fits the trees on all rows and picks their blend weight (given, or by inner cross-validation).
+fn fit_boost(rows: &[Row], cfg: &TrainConfig) -> Result<Boost, TrainError> {
+    if !matches!(cfg.target, Target::TwoHeads | Target::Gain) {
+        return Err(TrainError::Config(format!(
+            "boosted trees need a two_heads or gain target, not {:?}",
+            cfg.target
+        )));
+    }
+    if cfg.tree_blend.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
+        return Err(TrainError::Config("tree blend must be in [0, 1]".into()));
+    }
+    let d = DENSE_NAMES.len();
+    let x: Vec<Vec<f32>> = rows.iter().map(|r| r.dense[..d].to_vec()).collect();
+    let y: Vec<f32> = rows.iter().map(|r| gain_label(r, cfg.target)).collect();
+    let w: Vec<f32> = rows.iter().map(|r| r.weight as f32).collect();
+    let forest = trees::fit(&x, &y, &w, &cfg.trees).map_err(TrainError::Config)?;
+    let blend = match cfg.tree_blend {
+        Some(a) => a,
+        None => pick_blend(rows, &x, &y, &w, cfg)?,
+    };
+    Ok(Boost { blend, forest })
+}
+
+/// The tree weight from [`BLEND_GRID`] whose blend orders best (APGR) the out-of-fold scores of an
+/// inner cross-validation on the training rows (heads and trees both refitted per fold). Ties go to
+/// the smaller weight; too few rows give 0.
+fn pick_blend(rows: &[Row], x: &[Vec<f32>], y: &[f32], w: &[f32], cfg: &TrainConfig) -> Result<f32, TrainError> {
+    let n = rows.len();
+    if n < 4 * BLEND_FOLDS {
+        return Ok(0.0);
+    }
+    let mut fold = vec![0usize; n];
+    for (pos, &i) in crate::eval::permutation(n, BLEND_SEED).iter().enumerate() {
+        fold[i] = pos % BLEND_FOLDS;
+    }
+    let (mut heads, mut forest) = (vec![0.0f32; n], vec![0.0f32; n]);
+    for f in 0..BLEND_FOLDS {
+        let inside = |i: &usize| fold[*i] != f;
+        let train_rows: Vec<Row> = (0..n).filter(inside).map(|i| rows[i].clone()).collect();
+        let pick = |v: &[f32]| -> Vec<f32> { (0..n).filter(inside).map(|i| v[i]).collect() };
+        let xs: Vec<Vec<f32>> = (0..n).filter(inside).map(|i| x[i].clone()).collect();
+        let trees = trees::fit(&xs, &pick(y), &pick(w), &cfg.trees).map_err(TrainError::Config)?;
+        let model = fit_heads(train_rows, cfg)?;
+        for i in (0..n).filter(|&i| fold[i] == f) {
+            heads[i] = model.heads_score(&rows[i].sparse, &x[i]);
+            forest[i] = trees.predict(&x[i]);
+        }
+    }
+    // The curve depends only on the strong-minus-weak difference, `2 * gain - 1`. Blends are compared by
+    // the area between their curve and random routing, unnormalised (APGR times the quality gap), as
+    // APGR itself would prefer the worst order if the weak model were better on these rows.
+    let outcomes: Vec<Outcome> = y
+        .iter()
+        .map(|&g| Outcome {
+            strong: 2.0 * g as f64 - 1.0,
+            weak: 0.0,
+        })
+        .collect();
+    let mut best = (0.0f32, f64::NEG_INFINITY);
+    for a in BLEND_GRID {
+        let s: Vec<f32> = heads.iter().zip(&forest).map(|(h, t)| (1.0 - a) * h + a * t).collect();
+        let Ok(c) = Curve::from_scores(&s, &outcomes) else {
+            return Ok(0.0); // no gain to order by
+        };
+        let area = (c.apgr() - 0.5) * (c.q_strong - c.q_weak);
+        if area > best.1 + 1e-12 {
+            best = (a, area);
+        }
+    }
+    Ok(best.0)
+}
+
+/// Fits the logistic heads (and the neighbour index) on prepared rows.
+fn fit_heads(mut rows: Vec<Row>, cfg: &TrainConfig) -> Result<LearnedScorer, TrainError> {
+    let dim_h = 1usize << cfg.hash.bits;
+    let d = DENSE_NAMES.len();
+    let n_heads = cfg.target.heads();
     // neighbour-outcome features: each training row's neighbours among the other training rows
     let knn = if cfg.knn_k > 0 && rows.len() > 1 {
         let index = KnnIndex::build(&rows, cfg, n_heads);
@@ -532,8 +695,10 @@ pub fn train_with_features(
     for (j, v) in l2[dim_h..dim_h + d].iter_mut().enumerate() {
         let mult = if j < GENERAL_DENSE {
             cfg.dense_l2_mult
-        } else if j < DENSE_NAMES.len() {
+        } else if j < NUMERIC_END {
             cfg.numeric_l2_mult
+        } else if j < DENSE_NAMES.len() {
+            cfg.dense_l2_mult
         } else {
             cfg.knn_l2_mult
         };
@@ -602,7 +767,8 @@ pub fn train_with_features(
         dense_std: std.iter().map(|&s| s as f32).collect(),
         heads,
         knn,
-        meta: serde_json::json!({ "examples": examples.len() + precomputed.len(), "config": cfg }),
+        boost: None,
+        meta: serde_json::Value::Null,
     })
 }
 
@@ -1137,6 +1303,108 @@ mod tests {
             let empty = model.score(&Conversation::from_prompt(""));
             assert!((0.0..=1.0).contains(&empty));
         }
+    }
+
+    /// Prompts of filler words whose label depends on length in a band (20 to 40 words): not monotone,
+    /// so the heads cannot rank it, and the hashed n-grams are normalised away from length.
+    fn banded(n: usize, seed: u64) -> Vec<Example> {
+        const WORDS: [&str; 8] = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"];
+        (0..n)
+            .map(|i| {
+                let len = 5 + (i * 7 + seed as usize) % 50;
+                let text: Vec<&str> = (0..len).map(|j| WORDS[(i * 3 + j * 5 + seed as usize) % 8]).collect();
+                // the strong model is always right; the weak one fails inside the band
+                let y = if (20..40).contains(&len) { 1.0 } else { 0.0 };
+                Example {
+                    conv: Conversation::from_prompt(text.join(" ")),
+                    labels: vec![1.0, y],
+                    weight: 1.0,
+                }
+            })
+            .collect()
+    }
+
+    fn apgr_of(model: &LearnedScorer, ex: &[Example]) -> f64 {
+        let scores: Vec<f32> = ex.iter().map(|e| model.score(&e.conv)).collect();
+        let outcomes: Vec<Outcome> = ex
+            .iter()
+            .map(|e| Outcome {
+                strong: e.labels[0] as f64,
+                weak: 1.0 - e.labels[1] as f64,
+            })
+            .collect();
+        Curve::from_scores(&scores, &outcomes).unwrap().apgr()
+    }
+
+    #[test]
+    fn trees_are_blended_in_where_they_rank_better_and_round_trip() {
+        let cfg = TrainConfig {
+            trees: TreeConfig {
+                rounds: 60,
+                learning_rate: 0.2,
+                min_leaf: 10,
+                ..TreeConfig::default()
+            },
+            ..small_cfg()
+        };
+        let train_set = banded(400, 0);
+        let test_set = banded(200, 3);
+        let model = train(&train_set, &cfg).unwrap();
+        assert!(model.tree_blend() > 0.0, "blend {}", model.tree_blend());
+        let heads_only = train(
+            &train_set,
+            &TrainConfig {
+                trees: no_trees(),
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(heads_only.tree_blend(), 0.0);
+        let (with, without) = (apgr_of(&model, &test_set), apgr_of(&heads_only, &test_set));
+        assert!(with > without + 0.05, "{with} vs {without}");
+        // a fixed blend is taken as given
+        let fixed = train(
+            &train_set,
+            &TrainConfig {
+                tree_blend: Some(0.25),
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(fixed.tree_blend(), 0.25);
+
+        let json = model.to_json().unwrap();
+        let back = LearnedScorer::from_json(&json).unwrap();
+        for ex in &test_set {
+            assert_eq!(model.score(&ex.conv), back.score(&ex.conv));
+            let text = ex.conv.last_user();
+            let from_features = model.score_from_features(
+                &hashed_ngrams(text, model.hash_config()),
+                &dense_features(&ex.conv, &TextStats::of(text)),
+            );
+            assert_eq!(from_features, model.score(&ex.conv));
+        }
+        assert_eq!(back.to_json().unwrap(), json);
+        // a file whose trees read a feature this build does not have is refused
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["trees"]["forest"]["n_features"] = serde_json::json!(DENSE_NAMES.len() + 1);
+        assert!(LearnedScorer::from_json(&v.to_string()).is_err());
+        v["trees"]["forest"]["n_features"] = serde_json::json!(DENSE_NAMES.len());
+        v["trees"]["blend"] = serde_json::json!(1.5);
+        assert!(LearnedScorer::from_json(&v.to_string()).is_err());
+        // trees need a target with a gain to fit
+        let single = TrainConfig {
+            target: Target::WeakWrong,
+            ..cfg
+        };
+        let ex: Vec<Example> = banded(50, 1)
+            .into_iter()
+            .map(|e| Example {
+                labels: vec![e.labels[0]],
+                ..e
+            })
+            .collect();
+        assert!(train(&ex, &single).is_err());
     }
 
     #[test]

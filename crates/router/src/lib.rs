@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod plot;
 pub mod scorer;
 pub mod traffic;
+pub mod trees;
 pub mod verifier;
 
 pub use calibrate::ThresholdCalibrator;

@@ -42,7 +42,14 @@ fn gsm8k_cross_validation_beats_random_and_shipped_weights_score_every_line() {
         max_iters: 40,
         ..TrainConfig::default()
     };
-    let (scores, folds) = cross_val_scores(&rows, &[], 3, 7, &cfg, 2).unwrap();
+    let cv = cross_val_scores(&rows, &[], 3, 7, &cfg, 2).unwrap();
+    let (scores, folds) = (cv.scores, cv.folds);
+    assert_eq!(cv.tree_blend.len(), 3);
+    assert!(
+        cv.tree_blend.iter().all(|w| (0.0..=0.6).contains(w)),
+        "{:?}",
+        cv.tree_blend
+    );
     assert_eq!(folds.iter().filter(|&&f| f == 0).count(), 308);
     let curve = Curve::from_scores(&scores, &out).unwrap();
     let apgr = curve.apgr();
