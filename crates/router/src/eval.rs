@@ -27,17 +27,19 @@ pub fn examples(rows: &[Row], cfg: &TrainConfig) -> Vec<Example> {
     rows.iter()
         .filter_map(|r| {
             r.outcome.map(|o| {
-                let (s, w) = match r.group.as_deref().and_then(|g| group_mean.get(g)) {
-                    Some(&(gs, gw, n)) if a > 0.0 => (
+                let smoothed = match r.group.as_deref().and_then(|g| group_mean.get(g)) {
+                    Some(&(gs, gw, n)) if a > 0.0 => Some((
                         (1.0 - a) * o.strong + a * gs / n as f64,
                         (1.0 - a) * o.weak + a * gw / n as f64,
-                    ),
-                    _ => (o.strong, o.weak),
+                    )),
+                    _ => None,
                 };
+                let (s, w) = smoothed.unwrap_or((o.strong, o.weak));
                 Example {
                     conv: r.conv.clone(),
                     labels: cfg.target.labels(s, w),
                     weight: 1.0,
+                    unsmoothed: smoothed.map(|_| cfg.target.labels(o.strong, o.weak)),
                 }
             })
         })

@@ -11,6 +11,8 @@ pub const FEATURE_VERSION: u32 = 3;
 
 /// Longest text (in chars) that n-gram hashing looks at; longer texts keep their head and tail halves.
 pub const MAX_NGRAM_CHARS: usize = 12_000;
+/// Longest head of a text (in bytes) that [`LexicalStats`] reads.
+pub const MAX_LEXICAL_BYTES: usize = 12_000;
 
 const REASONING_MARKERS: &[&str] = &[
     "step by step",
@@ -571,7 +573,8 @@ pub fn dense_features(conv: &Conversation, stats: &TextStats) -> Vec<f32> {
 pub struct LexicalStats {
     /// An upper-case `NOT`, `EXCEPT` or `LEAST` word ("Which of these is NOT ...").
     pub not_except: bool,
-    /// `ln(1 + 10 * distinct / total)` over lower-cased whitespace-separated words (0 for no words).
+    /// `ln(1 + 10 * distinct / total)` over ASCII-whitespace-separated words, ASCII case folded (0 for no
+    /// words). Texts longer than [`MAX_LEXICAL_BYTES`] are read up to there.
     pub word_variety: f32,
     /// Words longer than 10 bytes.
     pub long_words: usize,
@@ -585,21 +588,26 @@ pub struct LexicalStats {
 
 impl LexicalStats {
     pub fn of(text: &str) -> LexicalStats {
-        // a bound on the work for very long prompts; their variety is that of the head
-        let head = match text.char_indices().nth(MAX_NGRAM_CHARS) {
-            Some((i, _)) => &text[..i],
-            None => text,
-        };
-        let lower = head.to_lowercase();
-        let mut words: Vec<&str> = lower.split_whitespace().collect();
+        // a bound on the work for very long prompts: their wording is read from the head
+        let mut end = text.len().min(MAX_LEXICAL_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let head = &text[..end];
+        // words as case-folded 64-bit hashes: counting distinct ones needs no lower-cased copy
+        let mut words: Vec<u64> = Vec::with_capacity(head.len() / 4 + 1);
+        let mut long_words = 0;
+        for w in head.split_ascii_whitespace() {
+            long_words += usize::from(w.len() > 10);
+            words.push(w.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0000_01b3)
+            }));
+        }
         let total = words.len();
-        let long_words = words.iter().filter(|w| w.len() > 10).count();
         words.sort_unstable();
         words.dedup();
         LexicalStats {
-            not_except: head
-                .split(|c: char| !c.is_alphanumeric())
-                .any(|w| matches!(w, "NOT" | "EXCEPT" | "LEAST")),
+            not_except: ["NOT", "EXCEPT", "LEAST"].iter().any(|w| has_word(head, w)),
             word_variety: if total == 0 {
                 0.0
             } else {
@@ -607,11 +615,25 @@ impl LexicalStats {
             },
             long_words,
             statement_pair: head.contains("Statement 1"),
-            which_of_the_following: lower.contains("which of the following"),
+            which_of_the_following: head
+                .as_bytes()
+                .windows(WHICH.len())
+                .any(|w| w.eq_ignore_ascii_case(WHICH)),
             blank: head.contains('_'),
             commas: head.bytes().filter(|&b| b == b',').count(),
         }
     }
+}
+
+const WHICH: &[u8] = b"which of the following";
+
+/// `word` in `text` with no letter or digit right before or after it.
+fn has_word(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + word.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
 }
 
 const NUMBER_WORDS: &[&str] = &[

@@ -174,6 +174,10 @@ pub struct Example {
     pub conv: Conversation,
     pub labels: Vec<f32>,
     pub weight: f32,
+    /// The labels before group smoothing, when smoothing changed them. Only the choice of the tree
+    /// blend reads them: judged against smoothed labels, a held-out row would carry the outcomes of
+    /// the training rows of its group.
+    pub unsmoothed: Option<Vec<f32>>,
 }
 
 /// A training example given as precomputed features instead of a conversation (e.g. logged by the
@@ -442,8 +446,15 @@ impl LearnedScorer {
     pub fn score_from_features(&self, sparse: &[(u32, f32)], dense: &[f32]) -> f32 {
         let p = self.heads_score(sparse, dense);
         match &self.boost {
-            Some(b) => ((1.0 - b.blend) * p + b.blend * b.forest.predict(dense)).clamp(0.0, 1.0),
-            None => p,
+            Some(b) if b.blend > 0.0 => {
+                let t = b.forest.predict(dense);
+                if t.is_finite() {
+                    ((1.0 - b.blend) * p + b.blend * t).clamp(0.0, 1.0)
+                } else {
+                    p
+                }
+            }
+            _ => p,
         }
     }
 
@@ -492,6 +503,8 @@ struct Row {
     dense: Vec<f32>,
     labels: Vec<f64>,
     weight: f64,
+    /// The gain label `(1 + s - w) / 2` of the unsmoothed outcomes (see [`gain_label`]).
+    truth: f32,
 }
 
 /// Trains a scorer on `examples`. Deterministic: the same examples and config give the same weights.
@@ -524,8 +537,9 @@ pub fn train_with_features(
             Row {
                 sparse: hashed_ngrams(text, &cfg.hash),
                 dense: dense_features(&e.conv, &stats),
-                labels: e.labels.iter().map(|&l| l.clamp(0.0, 1.0) as f64).collect(),
+                labels: clamped(&e.labels),
                 weight: e.weight.max(0.0) as f64,
+                truth: gain_label(&clamped(e.unsmoothed.as_ref().unwrap_or(&e.labels)), cfg.target),
             }
         })
         .collect();
@@ -537,10 +551,12 @@ pub fn train_with_features(
                 cfg.hash.bits
             )));
         }
+        let labels = clamped(&e.labels);
         rows.push(Row {
             sparse: e.sparse.clone(),
             dense: e.dense.clone(),
-            labels: e.labels.iter().map(|&l| l.clamp(0.0, 1.0) as f64).collect(),
+            truth: gain_label(&labels, cfg.target),
+            labels,
             weight: e.weight.max(0.0) as f64,
         });
     }
@@ -551,8 +567,16 @@ pub fn train_with_features(
             cfg.target
         )));
     }
-    let boost = if cfg.trees.rounds > 0 {
-        Some(fit_boost(&rows, cfg)?)
+    let gain_target = matches!(cfg.target, Target::TwoHeads | Target::Gain);
+    if cfg.tree_blend.is_some() && !gain_target {
+        return Err(TrainError::Config(format!(
+            "boosted trees (--tree-blend) need a two_heads or gain target, not {:?}",
+            cfg.target
+        )));
+    }
+    // the other targets have no gain for the trees to fit: they get none
+    let boost = if cfg.trees.rounds > 0 && gain_target {
+        fit_boost(&rows, cfg)?
     } else {
         None
     };
@@ -562,36 +586,41 @@ pub fn train_with_features(
     Ok(model)
 }
 
-/// The gain label `(1 + s - w) / 2` of a row, which the trees fit.
-fn gain_label(r: &Row, target: Target) -> f32 {
-    match target {
+fn clamped(labels: &[f32]) -> Vec<f64> {
+    labels.iter().map(|&l| l.clamp(0.0, 1.0) as f64).collect()
+}
+
+/// The gain label `(1 + s - w) / 2` of a row's labels, which the trees fit (for a two-head or gain
+/// target; the first label otherwise).
+fn gain_label(labels: &[f64], target: Target) -> f32 {
+    match (target, labels) {
         // labels are `s` and `1 - w`
-        Target::TwoHeads => ((r.labels[0] + r.labels[1]) / 2.0) as f32,
-        _ => r.labels[0] as f32,
+        (Target::TwoHeads, [s, not_w]) => ((s + not_w) / 2.0) as f32,
+        (_, [first, ..]) => *first as f32,
+        _ => 0.5,
     }
 }
 
 /// Fits the trees on all rows and picks their blend weight (given, or by inner cross-validation).
-fn fit_boost(rows: &[Row], cfg: &TrainConfig) -> Result<Boost, TrainError> {
-    if !matches!(cfg.target, Target::TwoHeads | Target::Gain) {
-        return Err(TrainError::Config(format!(
-            "boosted trees need a two_heads or gain target, not {:?}",
-            cfg.target
-        )));
-    }
+/// `None` when the trees learned nothing (too few rows for a leaf, or a constant label).
+fn fit_boost(rows: &[Row], cfg: &TrainConfig) -> Result<Option<Boost>, TrainError> {
     if cfg.tree_blend.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
         return Err(TrainError::Config("tree blend must be in [0, 1]".into()));
     }
     let d = DENSE_NAMES.len();
     let x: Vec<Vec<f32>> = rows.iter().map(|r| r.dense[..d].to_vec()).collect();
-    let y: Vec<f32> = rows.iter().map(|r| gain_label(r, cfg.target)).collect();
+    let y: Vec<f32> = rows.iter().map(|r| gain_label(&r.labels, cfg.target)).collect();
     let w: Vec<f32> = rows.iter().map(|r| r.weight as f32).collect();
     let forest = trees::fit(&x, &y, &w, &cfg.trees).map_err(TrainError::Config)?;
+    forest.validate().map_err(TrainError::Config)?;
+    if forest.trees.is_empty() {
+        return Ok(None);
+    }
     let blend = match cfg.tree_blend {
         Some(a) => a,
         None => pick_blend(rows, &x, &y, &w, cfg)?,
     };
-    Ok(Boost { blend, forest })
+    Ok(Some(Boost { blend, forest }))
 }
 
 /// The tree weight from [`BLEND_GRID`] whose blend orders best (APGR) the out-of-fold scores of an
@@ -619,12 +648,14 @@ fn pick_blend(rows: &[Row], x: &[Vec<f32>], y: &[f32], w: &[f32], cfg: &TrainCon
             forest[i] = trees.predict(&x[i]);
         }
     }
-    // The curve depends only on the strong-minus-weak difference, `2 * gain - 1`. Blends are compared by
-    // the area between their curve and random routing, unnormalised (APGR times the quality gap), as
-    // APGR itself would prefer the worst order if the weak model were better on these rows.
-    let outcomes: Vec<Outcome> = y
+    // Judged on the rows' own outcomes, not the group-smoothed labels. The curve depends only on the
+    // strong-minus-weak difference, `2 * gain - 1`. Blends are compared by the area between their
+    // curve and random routing, unnormalised (APGR times the quality gap), as APGR itself would
+    // prefer the worst order if the weak model were better on these rows. Row weights are not used.
+    let outcomes: Vec<Outcome> = rows
         .iter()
-        .map(|&g| Outcome {
+        .map(|r| r.truth)
+        .map(|g| Outcome {
             strong: 2.0 * g as f64 - 1.0,
             weak: 0.0,
         })
@@ -1241,6 +1272,7 @@ mod tests {
                     conv: Conversation::from_prompt(text),
                     labels: vec![y, y],
                     weight: 1.0,
+                    unsmoothed: None,
                 }
             })
             .collect()
@@ -1319,6 +1351,7 @@ mod tests {
                     conv: Conversation::from_prompt(text.join(" ")),
                     labels: vec![1.0, y],
                     weight: 1.0,
+                    unsmoothed: None,
                 }
             })
             .collect()
@@ -1392,19 +1425,38 @@ mod tests {
         v["trees"]["forest"]["n_features"] = serde_json::json!(DENSE_NAMES.len());
         v["trees"]["blend"] = serde_json::json!(1.5);
         assert!(LearnedScorer::from_json(&v.to_string()).is_err());
-        // trees need a target with a gain to fit
+        // too few rows for a leaf of 40: no trees, and no inner cross-validation to pick their weight
+        let strict = TrainConfig {
+            trees: TreeConfig {
+                min_leaf: 40,
+                ..cfg.trees.clone()
+            },
+            ..cfg.clone()
+        };
+        assert!(train(&banded(60, 2), &strict).unwrap().boost.is_none());
+        // a target without a gain gets no trees; asking for a blend with one is an error
         let single = TrainConfig {
             target: Target::WeakWrong,
             ..cfg
         };
-        let ex: Vec<Example> = banded(50, 1)
+        let ex: Vec<Example> = banded(200, 1)
             .into_iter()
             .map(|e| Example {
-                labels: vec![e.labels[0]],
+                labels: vec![e.labels[1]],
                 ..e
             })
             .collect();
-        assert!(train(&ex, &single).is_err());
+        assert_eq!(train(&ex, &single).unwrap().tree_blend(), 0.0);
+        assert!(
+            train(
+                &ex,
+                &TrainConfig {
+                    tree_blend: Some(0.3),
+                    ..single
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]

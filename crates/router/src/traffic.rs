@@ -423,6 +423,7 @@ mod tests {
                     conv: conv(&text),
                     labels: l,
                     weight: 1.0,
+                    unsmoothed: None,
                 }
             })
             .collect();
@@ -590,6 +591,7 @@ mod tests {
                     conv: c,
                     labels: l,
                     weight: 1.0,
+                    unsmoothed: None,
                 }
             })
             .collect();

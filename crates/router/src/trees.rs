@@ -20,7 +20,7 @@ pub struct TreeConfig {
     pub min_leaf: usize,
     /// L2 penalty on leaf values.
     pub l2: f64,
-    /// Most candidate thresholds per feature (quantiles of the training values).
+    /// Most bins per feature (split candidates: one fewer, at quantiles of the training values).
     pub max_bins: usize,
 }
 
@@ -39,6 +39,8 @@ impl Default for TreeConfig {
 
 /// A node's `feature` when it is a leaf.
 const LEAF: i16 = -1;
+/// Largest output a valid forest may reach (base plus the largest leaf of every tree).
+const MAX_OUTPUT: f64 = 1e6;
 
 /// One regression tree in flat arrays. For a split, `value` is the threshold (`x <= value` goes
 /// left); for a leaf (`feature == -1`), the leaf's output. Children always come after their parent.
@@ -97,22 +99,25 @@ impl Forest {
     }
 
     /// Checks a forest read from a file: every index in range, children after their parent (so
-    /// prediction always ends), finite values.
+    /// prediction always ends), and outputs bounded (no sum of leaves can overflow to infinity).
     pub fn validate(&self) -> Result<(), String> {
         if !self.base.is_finite() {
             return Err("forest base is not finite".into());
         }
+        let mut bound = f64::from(self.base.abs());
         for (k, t) in self.trees.iter().enumerate() {
             let n = t.len();
             if n == 0 || t.value.len() != n || t.left.len() != n || t.right.len() != n {
                 return Err(format!("tree {k}: node arrays differ in length or are empty"));
             }
+            let mut largest_leaf = 0.0f64;
             for i in 0..n {
                 if !t.value[i].is_finite() {
                     return Err(format!("tree {k}: value of node {i} is not finite"));
                 }
                 let f = t.feature[i];
                 if f == LEAF {
+                    largest_leaf = largest_leaf.max(f64::from(t.value[i].abs()));
                     continue;
                 }
                 let (l, r) = (t.left[i] as usize, t.right[i] as usize);
@@ -120,6 +125,10 @@ impl Forest {
                     return Err(format!("tree {k}: node {i} has a bad feature or child"));
                 }
             }
+            bound += largest_leaf;
+        }
+        if bound > MAX_OUTPUT {
+            return Err(format!("forest outputs can reach {bound:e}"));
         }
         Ok(())
     }
@@ -308,8 +317,11 @@ pub fn fit(x: &[Vec<f32>], targets: &[f32], weights: &[f32], cfg: &TreeConfig) -
     if x.iter().any(|r| r.len() != d) || d > i16::MAX as usize {
         return Err("trees: rows have different numbers of features".into());
     }
-    if !(2..=4096).contains(&cfg.max_leaves) || !(2..=255).contains(&cfg.max_bins) {
-        return Err("trees: max_leaves must be in 2..=4096 and max_bins in 2..=255".into());
+    if !(2..=4096).contains(&cfg.max_leaves) || !(2..=255).contains(&cfg.max_bins) || cfg.min_leaf == 0 {
+        return Err("trees: max_leaves must be in 2..=4096, max_bins in 2..=255, min_leaf at least 1".into());
+    }
+    if targets.iter().chain(weights).any(|v| !v.is_finite()) {
+        return Err("trees: targets and weights must be finite".into());
     }
     if !(cfg.learning_rate > 0.0 && cfg.learning_rate <= 1.0) || cfg.l2.is_nan() || cfg.l2 < 0.0 {
         return Err("trees: learning rate must be in (0, 1] and l2 >= 0".into());
@@ -436,6 +448,93 @@ mod tests {
         assert!((flat.predict(&[5.0]) - 0.3).abs() < 1e-6);
     }
 
+    /// One tree, no shrinkage and no L2, on values that sit exactly on the split points: each leaf is
+    /// the weighted mean of its rows, and inference sends every value where training put it.
+    #[test]
+    fn leaves_are_weighted_means_and_ties_go_left() {
+        let x: Vec<Vec<f32>> = [0.0, 0.0, 1.0, 1.0, 2.0, 2.0].iter().map(|&v| vec![v]).collect();
+        let (y, w) = ([0.0, 1.0, 1.0, 1.0, 1.0, 0.0], [3.0, 1.0, 1.0, 1.0, 1.0, 3.0]);
+        let cfg = TreeConfig {
+            rounds: 1,
+            learning_rate: 1.0,
+            min_leaf: 1,
+            l2: 0.0,
+            ..TreeConfig::default()
+        };
+        let f = fit(&x, &y, &w, &cfg).unwrap();
+        for (v, want) in [(0.0, 0.25), (1.0, 1.0), (2.0, 0.25), (-5.0, 0.25), (9.0, 0.25)] {
+            assert!((f.predict(&[v]) - want).abs() < 1e-6, "{v}: {}", f.predict(&[v]));
+        }
+    }
+
+    fn leaf_of(t: &Tree, x: &[f32]) -> usize {
+        let mut i = 0usize;
+        while t.feature[i] != LEAF {
+            let f = t.feature[i] as usize;
+            i = if clean(x[f]) <= t.value[i] {
+                t.left[i]
+            } else {
+                t.right[i]
+            } as usize;
+        }
+        i
+    }
+
+    /// Inference sends every training row to the leaf training put it in: each leaf holds at least
+    /// `min_leaf` rows, and its value is `-G / (H + l2)` over the rows inference routes there.
+    /// Features with few values (ties on the split points), many values (quantile cuts) and NaN.
+    #[test]
+    fn inference_agrees_with_the_training_partition() {
+        let mut s = 11u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (s >> 33) as u32
+        };
+        for (card, n) in [(3u32, 300usize), (50, 1000), (100_000, 3000), (7, 50)] {
+            let x: Vec<Vec<f32>> = (0..n)
+                .map(|_| vec![(next() % card) as f32 * 0.5, (next() % 4) as f32, f32::NAN])
+                .collect();
+            let y: Vec<f32> = x
+                .iter()
+                .map(|r| (r[0] as u32 % 5) as f32 * 0.2 + r[1] * 0.1 + (next() % 10) as f32 * 0.01)
+                .collect();
+            let w: Vec<f32> = (0..n).map(|i| 0.5 + (i % 3) as f32).collect();
+            for min_leaf in [1usize, 5, 40] {
+                let cfg = TreeConfig {
+                    rounds: 1,
+                    learning_rate: 1.0,
+                    min_leaf,
+                    max_leaves: 31,
+                    ..TreeConfig::default()
+                };
+                let f = fit(&x, &y, &w, &cfg).unwrap();
+                let Some(t) = f.trees.first() else {
+                    // no split can leave min_leaf rows on both sides, and the base already fits
+                    assert!(n < 2 * min_leaf, "{card}/{min_leaf}: no tree");
+                    continue;
+                };
+                let (mut g, mut h, mut c) = (vec![0f64; t.len()], vec![0f64; t.len()], vec![0usize; t.len()]);
+                for i in 0..n {
+                    let l = leaf_of(t, &x[i]);
+                    g[l] += w[i] as f64 * (f.base as f64 - y[i] as f64);
+                    h[l] += w[i] as f64;
+                    c[l] += 1;
+                }
+                for l in (0..t.len()).filter(|&l| t.feature[l] == LEAF) {
+                    assert!(c[l] >= min_leaf, "{card}/{min_leaf}: leaf {l} has {} rows", c[l]);
+                    let v = -g[l] / (h[l] + cfg.l2);
+                    assert!(
+                        (v - t.value[l] as f64).abs() < 1e-4,
+                        "{card}/{min_leaf}: leaf {l}: {v} vs {}",
+                        t.value[l]
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn weights_count_and_bad_input_is_an_error() {
         // the same x twice with different targets: the weighted mean wins
@@ -450,6 +549,13 @@ mod tests {
             ..TreeConfig::default()
         };
         assert!(fit(&x, &[0.0, 1.0], &[1.0, 1.0], &bad).is_err());
+        let bad = TreeConfig {
+            min_leaf: 0,
+            ..TreeConfig::default()
+        };
+        assert!(fit(&x, &[0.0, 1.0], &[1.0, 1.0], &bad).is_err());
+        assert!(fit(&x, &[f32::INFINITY, 1.0], &[1.0, 1.0], &TreeConfig::default()).is_err());
+        assert!(fit(&x, &[0.0, 1.0], &[f32::NAN, 1.0], &TreeConfig::default()).is_err());
     }
 
     #[test]
@@ -476,6 +582,10 @@ mod tests {
         assert!(f.validate().is_err());
         f.trees[0].feature[0] = 0;
         f.trees[0].value[1] = f32::NAN;
+        assert!(f.validate().is_err());
+        // finite leaves whose sum would overflow
+        f.trees[0].value[1] = f32::MAX;
+        f.trees.push(f.trees[0].clone());
         assert!(f.validate().is_err());
     }
 }
