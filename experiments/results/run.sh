@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the tables under "Results" in ROUTING.md (and the plots in docs/routing) from
 # `router eval --json`: 5-fold cross-validation (MMLU seeds 1-3, GSM8K and MT-Bench seeds 1-5) and
-# train-on-the-others. About 45 minutes on 2 cores. Outputs go to $OUT (default target/results);
+# train-on-the-others. About 20 minutes on 2 cores. Outputs go to $OUT (default target/results);
 # the Markdown tables are printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
