@@ -96,8 +96,9 @@ async function stopGateway() {
   await killGateway(child);
 }
 
-// Every console error and page error fails the test that was running when it happened,
-// except errors a test declares as expected (e.g. the browser's own log of a 4xx response).
+// Every console error, page error and 4xx/5xx response outside /v1/ fails the test that was running
+// when it happened, except those a test declares as expected with allow(regex) (e.g. the browser's own
+// log of a 4xx response, or `HTTP 401 for http://…/api/stats`).
 function watchPage(page) {
   const problems = [];
   const allowed = [];
@@ -114,7 +115,9 @@ function watchPage(page) {
   page.on('response', (res) => {
     // Anything but the gateway's deliberate answers on the API is a broken asset (e.g. favicon 404).
     const url = res.url();
-    if (res.status() >= 400 && !url.includes('/v1/')) problems.push(`HTTP ${res.status()} for ${url}`);
+    if (res.status() < 400 || url.includes('/v1/')) return;
+    const entry = `HTTP ${res.status()} for ${url}`;
+    if (!allowed.some((re) => re.test(entry))) problems.push(entry);
   });
   return {
     problems,
@@ -464,6 +467,100 @@ test('with auth on, the key field sends the key (kept in this tab only)', async 
     await page.reload({ waitUntil: 'load' });
     await page.waitForSelector('[data-testid="model-select"][data-loaded="true"]');
     assert.equal(await page.getByTestId('api-key-input').inputValue(), master);
+    watch.assertClean();
+    await page.close();
+  } finally {
+    await killGateway(g.child);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('with protect_metrics on, the live panel says the stats need a key, then turns live', async (t) => {
+  if (process.env.OPTIROUTE_URL) {
+    t.skip('needs a gateway of its own (unset OPTIROUTE_URL)');
+    return;
+  }
+  const master = 'sk-e2e-master-0123456789abcdef0123';
+  // `[auth] protect_metrics` has no environment override: a config file (demo-like simulated
+  // deployments) turns it on; the master key still comes from OPTIROUTE_MASTER_KEY.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'optiroute-e2e-metrics-'));
+  const config = path.join(dir, 'optiroute.toml');
+  fs.writeFileSync(config, [
+    '[auth]',
+    'protect_metrics = true',
+    '',
+    '[[providers]]',
+    'name = "sim-local"',
+    'kind = "simulated"',
+    '[providers.simulated]',
+    'latency_ms = 5',
+    'tokens_per_s = 2000.0',
+    '',
+    '[[deployments]]',
+    'name = "local"',
+    'provider = "sim-local"',
+    'model = "sim-local-8b"',
+    'tier = "local"',
+    '',
+  ].join('\n'));
+  const g = await spawnGateway({ OPTIROUTE_MASTER_KEY: master, OPTIROUTE_CONFIG: config }, dir);
+  const status = '[data-testid="stats-status"]';
+  const waitStatus = (page, state, re) => page.waitForFunction(([sel, st, src]) => {
+    const el = document.querySelector(sel);
+    return el && el.dataset.state === st && new RegExp(src, 'i').test(el.textContent);
+  }, [status, state, re.source]);
+  try {
+    // A virtual key: chat works with it, the stats do not (403 master_key_required).
+    const created = await fetch(g.url + '/admin/keys', {
+      method: 'POST',
+      headers: { authorization: 'Bearer ' + master, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'e2e-virtual' }),
+    });
+    assert.equal(created.status, 201, `POST /admin/keys answered ${created.status}`);
+    const virtualKey = (await created.json()).key;
+    assert.ok(virtualKey, 'the new key is returned');
+
+    const page = await newPage({ width: 1280, height: 800 });
+    const watch = watchPage(page);
+    // Deliberate refusals: the browser logs each 4xx fetch, and /api/stats answers 401, then 403.
+    watch.allow(/Failed to load resource: the server responded with a status of 40[13]/);
+    watch.allow(/^HTTP 40[13] for \S+\/api\/stats$/);
+    const res = await page.goto(g.url + '/', { waitUntil: 'load' });
+    assert.ok(res && res.ok(), 'the page itself needs no key');
+
+    // No key: the gateway is up, so the panel says a key is needed, not "offline".
+    await waitStatus(page, 'warn', /need.*API key/);
+    const noKey = await page.locator(status).evaluate((el) => ({
+      text: el.textContent, cls: el.className, updated: el.dataset.updated,
+      role: el.getAttribute('role'), dot: getComputedStyle(el, '::before').backgroundColor,
+    }));
+    assert.doesNotMatch(noKey.text, /offline/i);
+    assert.match(noKey.cls, /\bstatus-warn\b/);
+    assert.equal(noKey.role, 'status', 'still announced as a status');
+    assert.equal(noKey.dot, 'rgb(245, 184, 75)', 'the dot has the warning colour');
+    assert.equal(noKey.updated, undefined, 'no stats were shown');
+
+    const input = page.getByTestId('api-key-input');
+    // A virtual key: chat is answered, the stats need the master key.
+    await input.fill(virtualKey);
+    await input.dispatchEvent('change');
+    await page.waitForSelector('[data-testid="model-select"][data-loaded="true"]');
+    await waitStatus(page, 'warn', /master key/);
+    const answered = await ask(page, 'hello with a virtual key');
+    assert.equal(await answered.getAttribute('data-state'), 'done');
+    assert.match(await page.locator(status).textContent(), /master key/i, 'still needs the master key');
+
+    // The master key: the panel recovers by itself.
+    await input.fill(master);
+    await input.dispatchEvent('change');
+    await waitStatus(page, 'ok', /^live/);
+    await page.waitForSelector(`${status}[data-updated]`);
+    assert.equal(await page.locator(status).getAttribute('title'), null, 'no leftover explanation');
+
+    // "offline" is kept for a gateway that cannot be reached.
+    watch.allow(/Failed to load resource: net::ERR_CONNECTION_REFUSED/);
+    await killGateway(g.child);
+    await waitStatus(page, 'bad', /^offline$/);
     watch.assertClean();
     await page.close();
   } finally {

@@ -583,6 +583,7 @@
 
   let statsTimer = null;
   let statsInFlight = false;
+  let statsAgain = false; // a poll was asked for (e.g. the key changed) while one was in flight
   let lastStats = null;
 
   function setStat(id, text, value) {
@@ -758,17 +759,43 @@
     ctx.fillText('max ' + maxR + ' req' + (maxC > 0 ? ' · ' + fmtUsd(maxC) : ''), pad.l + 2, pad.t + 9);
   }
 
-  function setStatus(kind, text) {
+  // kind: ok | warn | bad (a class on the dot and a data-state for tests). The text is only rewritten
+  // when it changes, so screen readers do not re-announce the same status on every poll.
+  function setStatus(kind, text, detail) {
     ui.status.className = 'status status-' + kind;
-    ui.status.textContent = text;
+    ui.status.dataset.state = kind;
+    if (ui.status.textContent !== text) ui.status.textContent = text;
+    if (detail) ui.status.title = detail;
+    else ui.status.removeAttribute('title');
+  }
+
+  // The gateway answers 401/403 on /api/stats when `[auth] protect_metrics` is on: it is up, the
+  // stats just need the master key. Polling goes on, so the panel turns live once a key with access
+  // is entered (the key field also polls at once).
+  function setStatsDenied(res, reason) {
+    let text;
+    if (res.status === 403) text = 'stats need the master key';
+    else if (apiKey()) text = 'stats: key not accepted';
+    else text = 'stats need an API key';
+    setStatus('warn', text, reason || ('HTTP ' + res.status));
   }
 
   async function pollStats() {
-    if (statsInFlight) return;
+    if (statsInFlight) { statsAgain = true; return; }
     statsInFlight = true;
+    statsAgain = false;
     clearTimeout(statsTimer);
+    const key = apiKey();
     try {
       const res = await fetch('/api/stats', { headers: withAuth({ accept: 'application/json' }), cache: 'no-store' });
+      if (key !== apiKey()) { statsAgain = true; return; } // the key changed meanwhile: ask again
+      if (res.status === 401 || res.status === 403) {
+        let reason = '';
+        try { reason = String((await res.json())?.error?.message || ''); } catch { /* not JSON */ }
+        if (key !== apiKey()) { statsAgain = true; return; }
+        setStatsDenied(res, reason);
+        return;
+      }
       if (!res.ok) throw new Error('HTTP ' + res.status);
       const s = await res.json();
       renderStats(s);
@@ -776,10 +803,13 @@
       setStatus('ok', up === null ? 'live' : 'live · up ' + fmtUptime(up));
       ui.status.dataset.updated = String(Date.now());
     } catch (err) {
+      // Network failure, 5xx or a body that is not stats.
       setStatus('bad', 'offline');
     } finally {
       statsInFlight = false;
-      statsTimer = setTimeout(pollStats, document.hidden ? STATS_INTERVAL_MS * 5 : STATS_INTERVAL_MS);
+      clearTimeout(statsTimer);
+      const wait = statsAgain ? 0 : (document.hidden ? STATS_INTERVAL_MS * 5 : STATS_INTERVAL_MS);
+      statsTimer = setTimeout(pollStats, wait);
     }
   }
 
