@@ -65,6 +65,16 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     idx
 }
 
+/// The fold (`0..k`) of each of `n` rows: round-robin over a seeded permutation, so fold sizes
+/// differ by at most one.
+pub fn folds(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut fold = vec![0usize; n];
+    for (pos, &i) in permutation(n, seed).iter().enumerate() {
+        fold[i] = pos % k;
+    }
+    fold
+}
+
 /// Out-of-fold scores of a cross-validation.
 #[derive(Clone, Debug)]
 pub struct CvScores {
@@ -91,11 +101,7 @@ pub fn cross_val_scores(
             rows.len()
         )));
     }
-    let perm = permutation(rows.len(), seed);
-    let mut fold_of = vec![0usize; rows.len()];
-    for (pos, &i) in perm.iter().enumerate() {
-        fold_of[i] = pos % k;
-    }
+    let fold_of = folds(rows.len(), k, seed);
     let extra_ex = examples(extra, cfg);
     type FoldScores = (Vec<(usize, f32)>, f32);
     let run_fold = |f: usize| -> Result<FoldScores, TrainError> {

@@ -500,6 +500,10 @@ fn ln1(x: usize) -> f32 {
     (x as f32).ln_1p()
 }
 
+fn flag(b: bool) -> f32 {
+    if b { 1.0 } else { 0.0 }
+}
+
 fn frac(a: usize, b: usize) -> f32 {
     if b == 0 { 0.0 } else { a as f32 / b as f32 }
 }
@@ -514,7 +518,7 @@ pub fn dense_features(conv: &Conversation, stats: &TextStats) -> Vec<f32> {
         ln1(ctx),
         ln1(conv.count_role(Role::User)),
         ln1(conv.count_role(Role::Assistant)),
-        if conv.count_role(Role::System) > 0 { 1.0 } else { 0.0 },
+        flag(conv.count_role(Role::System) > 0),
         ln1(stats.numbers),
         frac(stats.digits, stats.chars),
         ln1(stats.longest_number),
@@ -528,7 +532,7 @@ pub fn dense_features(conv: &Conversation, stats: &TextStats) -> Vec<f32> {
         ln1(stats.lines),
         ln1(stats.options),
         conv.max_tokens.map(|m| ln1(m as usize)).unwrap_or(0.0),
-        if conv.max_tokens.is_some() { 1.0 } else { 0.0 },
+        flag(conv.max_tokens.is_some()),
         frac(letters, stats.words.max(1)).min(20.0),
         frac(stats.uppercase, stats.chars),
         frac(stats.non_ascii, stats.chars),
@@ -557,12 +561,12 @@ pub fn dense_features(conv: &Conversation, stats: &TextStats) -> Vec<f32> {
     ]);
     let l = LexicalStats::of(conv.last_user());
     v.extend_from_slice(&[
-        f32::from(u8::from(l.not_except)),
+        flag(l.not_except),
         l.word_variety,
         ln1(l.long_words),
-        f32::from(u8::from(l.statement_pair)),
-        f32::from(u8::from(l.which_of_the_following)),
-        f32::from(u8::from(l.blank)),
+        flag(l.statement_pair),
+        flag(l.which_of_the_following),
+        flag(l.blank),
         ln1(l.commas),
     ]);
     v

@@ -574,6 +574,9 @@ pub fn train_with_features(
             cfg.target
         )));
     }
+    if cfg.tree_blend.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
+        return Err(TrainError::Config("tree blend must be in [0, 1]".into()));
+    }
     // the other targets have no gain for the trees to fit: they get none
     let boost = if cfg.trees.rounds > 0 && gain_target {
         fit_boost(&rows, cfg)?
@@ -604,11 +607,8 @@ fn gain_label(labels: &[f64], target: Target) -> f32 {
 /// Fits the trees on all rows and picks their blend weight (given, or by inner cross-validation).
 /// `None` when the trees learned nothing (too few rows for a leaf, or a constant label).
 fn fit_boost(rows: &[Row], cfg: &TrainConfig) -> Result<Option<Boost>, TrainError> {
-    if cfg.tree_blend.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
-        return Err(TrainError::Config("tree blend must be in [0, 1]".into()));
-    }
-    let d = DENSE_NAMES.len();
-    let x: Vec<Vec<f32>> = rows.iter().map(|r| r.dense[..d].to_vec()).collect();
+    // the rows' dense features are still the raw ones: neighbour features are stacked later, on copies
+    let x: Vec<&[f32]> = rows.iter().map(|r| r.dense.as_slice()).collect();
     let y: Vec<f32> = rows.iter().map(|r| gain_label(&r.labels, cfg.target)).collect();
     let w: Vec<f32> = rows.iter().map(|r| r.weight as f32).collect();
     let forest = trees::fit(&x, &y, &w, &cfg.trees).map_err(TrainError::Config)?;
@@ -626,26 +626,23 @@ fn fit_boost(rows: &[Row], cfg: &TrainConfig) -> Result<Option<Boost>, TrainErro
 /// The tree weight from [`BLEND_GRID`] whose blend orders best (APGR) the out-of-fold scores of an
 /// inner cross-validation on the training rows (heads and trees both refitted per fold). Ties go to
 /// the smaller weight; too few rows give 0.
-fn pick_blend(rows: &[Row], x: &[Vec<f32>], y: &[f32], w: &[f32], cfg: &TrainConfig) -> Result<f32, TrainError> {
+fn pick_blend(rows: &[Row], x: &[&[f32]], y: &[f32], w: &[f32], cfg: &TrainConfig) -> Result<f32, TrainError> {
     let n = rows.len();
     if n < 4 * BLEND_FOLDS {
         return Ok(0.0);
     }
-    let mut fold = vec![0usize; n];
-    for (pos, &i) in crate::eval::permutation(n, BLEND_SEED).iter().enumerate() {
-        fold[i] = pos % BLEND_FOLDS;
-    }
+    let fold = crate::eval::folds(n, BLEND_FOLDS, BLEND_SEED);
     let (mut heads, mut forest) = (vec![0.0f32; n], vec![0.0f32; n]);
     for f in 0..BLEND_FOLDS {
         let inside = |i: &usize| fold[*i] != f;
         let train_rows: Vec<Row> = (0..n).filter(inside).map(|i| rows[i].clone()).collect();
         let pick = |v: &[f32]| -> Vec<f32> { (0..n).filter(inside).map(|i| v[i]).collect() };
-        let xs: Vec<Vec<f32>> = (0..n).filter(inside).map(|i| x[i].clone()).collect();
+        let xs: Vec<&[f32]> = (0..n).filter(inside).map(|i| x[i]).collect();
         let trees = trees::fit(&xs, &pick(y), &pick(w), &cfg.trees).map_err(TrainError::Config)?;
         let model = fit_heads(train_rows, cfg)?;
         for i in (0..n).filter(|&i| fold[i] == f) {
-            heads[i] = model.heads_score(&rows[i].sparse, &x[i]);
-            forest[i] = trees.predict(&x[i]);
+            heads[i] = model.heads_score(&rows[i].sparse, x[i]);
+            forest[i] = trees.predict(x[i]);
         }
     }
     // Judged on the rows' own outcomes, not the group-smoothed labels. The curve depends only on the

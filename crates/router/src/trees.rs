@@ -60,7 +60,8 @@ impl Tree {
             if f < 0 {
                 return self.value[i];
             }
-            i = if clean(x[f as usize]) <= self.value[i] {
+            let v = x.get(f as usize).copied().unwrap_or(0.0);
+            i = if clean(v) <= self.value[i] {
                 self.left[i] as usize
             } else {
                 self.right[i] as usize
@@ -90,11 +91,6 @@ fn clean(x: f32) -> f32 {
 impl Forest {
     /// The forest's output for one feature vector (`n_features` values; missing ones read as 0).
     pub fn predict(&self, x: &[f32]) -> f32 {
-        if x.len() < self.n_features {
-            let mut padded = x.to_vec();
-            padded.resize(self.n_features, 0.0);
-            return self.predict(&padded);
-        }
         self.base + self.trees.iter().map(|t| t.predict(x)).sum::<f32>()
     }
 
@@ -308,11 +304,12 @@ impl Trainer<'_> {
 
 /// Fits a forest to `targets` (squared loss) with row weights. `x[i]` are row `i`'s features, all of
 /// the same length. Deterministic.
-pub fn fit(x: &[Vec<f32>], targets: &[f32], weights: &[f32], cfg: &TreeConfig) -> Result<Forest, String> {
+pub fn fit<R: AsRef<[f32]>>(x: &[R], targets: &[f32], weights: &[f32], cfg: &TreeConfig) -> Result<Forest, String> {
     let n = x.len();
     if n == 0 || targets.len() != n || weights.len() != n {
         return Err("trees: rows, targets and weights differ in number or are empty".into());
     }
+    let x: Vec<&[f32]> = x.iter().map(AsRef::as_ref).collect();
     let d = x[0].len();
     if x.iter().any(|r| r.len() != d) || d > i16::MAX as usize {
         return Err("trees: rows have different numbers of features".into());
@@ -541,7 +538,7 @@ mod tests {
         let x = vec![vec![0.0f32]; 2];
         let f = fit(&x, &[0.0, 1.0], &[3.0, 1.0], &TreeConfig::default()).unwrap();
         assert!((f.predict(&[0.0]) - 0.25).abs() < 1e-6);
-        assert!(fit(&[], &[], &[], &TreeConfig::default()).is_err());
+        assert!(fit::<Vec<f32>>(&[], &[], &[], &TreeConfig::default()).is_err());
         assert!(fit(&x, &[0.0], &[1.0, 1.0], &TreeConfig::default()).is_err());
         assert!(fit(&x, &[0.0, 1.0], &[0.0, 0.0], &TreeConfig::default()).is_err());
         let bad = TreeConfig {
