@@ -133,7 +133,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse::parse_ratio, default_value = "0.5")]
     pub repeat_ratio: f64,
 
-    /// `max_tokens` sent with chat requests.
+    /// `max_tokens` sent with every request (chat and generate).
     #[arg(long)]
     pub max_tokens: Option<u32>,
 

@@ -131,7 +131,7 @@ pub struct BodyShape {
 
 impl BodyShape {
     fn body(&self, entry: &PromptEntry) -> Bytes {
-        let value = match self.endpoint {
+        let mut value = match self.endpoint {
             Endpoint::Generate => json!({ "model": self.model, "prompt": entry_text(entry) }),
             Endpoint::Chat => {
                 let messages = match entry {
@@ -139,18 +139,17 @@ impl BodyShape {
                     PromptEntry::Messages(m) => m.clone(),
                 };
                 let mut body = json!({ "model": self.model, "messages": messages });
-                if let Some(obj) = body.as_object_mut() {
-                    if let Some(max) = self.max_tokens {
-                        obj.insert("max_tokens".into(), json!(max));
-                    }
-                    if self.stream {
-                        obj.insert("stream".into(), json!(true));
-                        obj.insert("stream_options".into(), json!({"include_usage": true}));
-                    }
+                if let (true, Some(obj)) = (self.stream, body.as_object_mut()) {
+                    obj.insert("stream".into(), json!(true));
+                    obj.insert("stream_options".into(), json!({"include_usage": true}));
                 }
                 body
             }
         };
+        // both endpoints take `max_tokens`
+        if let (Some(max), Some(obj)) = (self.max_tokens, value.as_object_mut()) {
+            obj.insert("max_tokens".into(), json!(max));
+        }
         Bytes::from(value.to_string())
     }
 }
@@ -316,6 +315,22 @@ mod tests {
             let repeated = (0..10_000).filter(|&s| pool.contains(&prompt_of(&w.body(s)))).count();
             let got = repeated as f64 / 10_000.0;
             assert!((got - ratio).abs() < 0.03, "ratio {ratio}: got {got}");
+        }
+    }
+
+    #[test]
+    fn max_tokens_goes_to_both_endpoints() {
+        for endpoint in [Endpoint::Chat, Endpoint::Generate] {
+            let mut sh = shape(false);
+            sh.endpoint = endpoint;
+            let none: Value =
+                serde_json::from_slice(&Workload::builtin(sh.clone(), Mix::Repeated, 0.5, 1, "r".into()).body(0))
+                    .unwrap();
+            assert!(none.get("max_tokens").is_none(), "{endpoint:?}");
+            sh.max_tokens = Some(17);
+            let v: Value =
+                serde_json::from_slice(&Workload::builtin(sh, Mix::Repeated, 0.5, 1, "r".into()).body(0)).unwrap();
+            assert_eq!(v["max_tokens"], json!(17), "{endpoint:?}");
         }
     }
 
