@@ -854,6 +854,7 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         sent_at: served.sent_at,
         started,
         include_usage,
+        held: held.into(),
         acc: ChunkAccumulator::default(),
         other_output: String::new(),
         faithful: true,
@@ -865,35 +866,32 @@ pub async fn stream(st: &SharedState, req: ChatRequest, ctx: &RequestCtx) -> Res
         chunk_id: String::new(),
         created: 0,
     };
-    let body = futures_util::stream::unfold(
-        (live, std::collections::VecDeque::from(held), rest, false),
-        |(mut live, mut held, mut rest, finished)| async move {
-            if finished {
-                return None;
+    let body = futures_util::stream::unfold((live, rest, false), |(mut live, mut rest, finished)| async move {
+        if finished {
+            return None;
+        }
+        let item = match live.held.pop_front() {
+            Some(c) => Some(Ok(c)),
+            None => rest.next().await,
+        };
+        let mut out = Vec::with_capacity(2);
+        let end = match item {
+            Some(Ok(chunk)) => {
+                live.on_chunk(chunk, &mut out);
+                false
             }
-            let item = match held.pop_front() {
-                Some(c) => Some(Ok(c)),
-                None => rest.next().await,
-            };
-            let mut out = Vec::with_capacity(2);
-            let end = match item {
-                Some(Ok(chunk)) => {
-                    live.on_chunk(chunk, &mut out);
-                    false
-                }
-                Some(Err(e)) => {
-                    live.on_error(&e, &mut out);
-                    true
-                }
-                None => {
-                    live.on_end(&mut out).await;
-                    true
-                }
-            };
-            let bytes = Bytes::from(out.concat());
-            Some((Ok(bytes), (live, held, rest, end)))
-        },
-    )
+            Some(Err(e)) => {
+                live.on_error(&e, &mut out);
+                true
+            }
+            None => {
+                live.on_end(&mut out).await;
+                true
+            }
+        };
+        let bytes = Bytes::from(out.concat());
+        Some((Ok(bytes), (live, rest, end)))
+    })
     .filter(|r: &Result<Bytes, std::convert::Infallible>| {
         let keep = r.as_ref().map(|b| !b.is_empty()).unwrap_or(true);
         async move { keep }
@@ -928,6 +926,9 @@ struct LiveStream {
     sent_at: Instant,
     started: Instant,
     include_usage: bool,
+    /// Chunks read while the call was still retryable, not yet forwarded. They were generated (and
+    /// are paid for) even if the client leaves before reading them.
+    held: std::collections::VecDeque<ChatChunk>,
     acc: ChunkAccumulator,
     /// Generated text the accumulator does not keep (other choices' text, tool calls), for a usage
     /// estimate.
@@ -951,9 +952,7 @@ impl LiveStream {
             self.chunk_id.clone_from(&chunk.id);
             self.created = chunk.created;
         }
-        if let Some(u) = chunk.usage {
-            self.upstream_usage = Some(u);
-        }
+        self.count_output(&chunk);
         let has_text = chunk.delta_text().any(|t| !t.is_empty());
         if has_text && self.ttft.is_none() {
             let t = self.sent_at.elapsed();
@@ -966,20 +965,14 @@ impl LiveStream {
                 self.pieces.push(t.to_owned());
             }
         }
-        for c in &chunk.choices {
-            if self.faithful && (carries(&c.extra) || carries(&c.delta.extra)) {
-                self.faithful = false;
-            }
-            if c.index != 0
-                && let Some(t) = &c.delta.content
-            {
-                self.other_output.push_str(t);
-            }
-            for call in c.delta.tool_calls.iter().flatten() {
-                push_tool_call_text(call, &mut self.other_output);
-            }
+        if self.faithful
+            && chunk
+                .choices
+                .iter()
+                .any(|c| carries(&c.extra) || carries(&c.delta.extra))
+        {
+            self.faithful = false;
         }
-        self.acc.push(&chunk);
         // The usage-only chunk is re-emitted at the end with our accounting (if the client wants it).
         if chunk.choices.is_empty() {
             return;
@@ -989,6 +982,24 @@ impl LiveStream {
         if let Ok(json) = serde_json::to_vec(&chunk) {
             out.push(sse::encode_data(&json));
         }
+    }
+
+    /// Takes in what a chunk says about usage and generated output (for [`Self::usage`]).
+    fn count_output(&mut self, chunk: &ChatChunk) {
+        if let Some(u) = chunk.usage {
+            self.upstream_usage = Some(u);
+        }
+        for c in &chunk.choices {
+            if c.index != 0
+                && let Some(t) = &c.delta.content
+            {
+                self.other_output.push_str(t);
+            }
+            for call in c.delta.tool_calls.iter().flatten() {
+                push_tool_call_text(call, &mut self.other_output);
+            }
+        }
+        self.acc.push(chunk);
     }
 
     fn usage(&self) -> (Usage, bool) {
@@ -1139,6 +1150,10 @@ impl Drop for LiveStream {
             d.breaker.release(p);
         }
         outcome_metric(&st, self.dep, "cancelled");
+        // chunks the client never read were still generated
+        for chunk in std::mem::take(&mut self.held) {
+            self.count_output(&chunk);
+        }
         let (usage, estimated) = self.usage();
         let (cost, _) = account(&st, self.dep, usage);
         st.limits.settle(&self.tenant, self.dep, cost, usage.total_tokens);

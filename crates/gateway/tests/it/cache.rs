@@ -249,6 +249,38 @@ async fn streamed_cost_is_estimated_when_upstream_reports_no_usage() {
     assert!((cost - expected).abs() < 1e-12, "{cost} vs {expected}");
 }
 
+/// A stream whose client leaves before its body is read at all: the chunks the gateway read while the
+/// call could still fail over (the opener and the first text) were generated, so they count.
+#[tokio::test]
+async fn a_stream_dropped_before_its_body_is_read_counts_its_first_chunk() {
+    let (mock, gw) = openai_setup(|_| {}).await;
+    mock.handle.push(Behavior {
+        usage: false,
+        text: Some("Supercalifragilistic expialidocious words follow here".into()),
+        ..Default::default()
+    });
+    let mut body = chat_body("m", "leave early");
+    body["stream"] = json!(true);
+    let req: optiroute_protocol::openai::ChatRequest = serde_json::from_value(body).unwrap();
+    let ctx = optiroute::engine::RequestCtx {
+        request_id: "dropped-unread".into(),
+        forced_tier: None,
+        no_cache: false,
+        no_store: false,
+        tenant: String::new(),
+        key: None,
+    };
+    let reply = optiroute::engine::stream(&gw.state, req, &ctx).await.unwrap();
+    drop(reply);
+    let stats = &gw.state.ledger.per_deployment[0];
+    assert_eq!(stats.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let out = stats.tokens_out.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        out >= 1,
+        "the first chunk's text was not counted ({out} completion tokens)"
+    );
+}
+
 #[tokio::test]
 async fn redis_cache_is_shared_and_survives_redis_dying() {
     let Some(mut redis) = Redis::start() else { return };
