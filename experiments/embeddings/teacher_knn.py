@@ -4,19 +4,24 @@ prompt itself excluded), then an n-gram two-head router is fitted on the prompt 
 router would need no embedding model. The router here is an sklearn proxy of the shipped scorer (tf-idf
 char 3-5 + word 1-2 grams, two logistic heads, MMLU labels group-smoothed by subject as in training).
 
-  teacher_knn.py NAME SEEDS K:B[,K:B...]     e.g. teacher_knn.py mmlu 1,2,3 50:0.5
+  teacher_knn.py NAME SEEDS K:B[,K:B...] [ngram]     e.g. teacher_knn.py mmlu 1,2,3 50:0.5
+
+With `ngram` the neighbours come from the proxy's own tf-idf n-gram vectors (cosine) instead of MiniLM,
+so no embeddings are needed (ROUTING.md, "Reading the results honestly": the n-gram teacher).
 """
 import sys, numpy as np
 from scipy.sparse import hstack, vstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import normalize
 from common import load, folds, metrics, OUT
 
 name, seeds = sys.argv[1], [int(x) for x in sys.argv[2].split(',')]
 variants = [(0, 0.0)] + [(int(k), float(b)) for k, b in (v.split(':') for v in sys.argv[3].split(','))]
 rows, s, w, g = load(name); n = len(rows); G = np.array([x or '' for x in g])
 prompts = [r['prompt'] for r in rows]
-E = np.load(f'{OUT}minilm_{name}.npy').astype(np.float32)
+NGRAM = sys.argv[4:] == ['ngram']
+E = None if NGRAM else np.load(f'{OUT}minilm_{name}.npy').astype(np.float32)
 
 def soft_lr(A, y, B):
     m = A.shape[0]
@@ -32,11 +37,16 @@ def group_smooth(y, tr):
         m = G[tr] == grp; out[m] = 0.5 * out[m] + 0.5 * out[m].mean()
     return out
 
-def neighbours(tr, k):
-    sim = E[tr] @ E[tr].T
+def similarities(tr, A):
+    """Cosine similarities between the training prompts, themselves excluded."""
+    if NGRAM:
+        An = normalize(A); sim = (An @ An.T).toarray()
+    else:
+        sim = E[tr] @ E[tr].T
     np.fill_diagonal(sim, -np.inf)
-    return np.argpartition(-sim, k, axis=1)[:, :k]
+    return sim
 
+res = {}
 for seed in seeds:
     fold = folds(n, 5, seed); out = {v: np.zeros(n) for v in variants}
     for f in range(5):
@@ -45,13 +55,17 @@ for seed in seeds:
         v2 = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
         A = hstack([v1.fit_transform([prompts[i] for i in tr]), v2.fit_transform([prompts[i] for i in tr])]).tocsr()
         B = hstack([v1.transform([prompts[i] for i in te]), v2.transform([prompts[i] for i in te])]).tocsr()
+        sim = similarities(tr, A) if any(b > 0 for _, b in variants) else None
         for k, b in variants:
             ss, ww = group_smooth(s, tr), group_smooth(w, tr)
             if b > 0:
-                top = neighbours(tr, k)
+                top = np.argpartition(-sim, k, axis=1)[:, :k]
                 ss = (1 - b) * ss + b * s[tr][top].mean(1)
                 ww = (1 - b) * ww + b * w[tr][top].mean(1)
             out[(k, b)][te] = (soft_lr(A, ss, B) + soft_lr(A, 1 - ww, B)) / 2
     for (k, b), sc in out.items():
         label = 'no teacher' if b == 0 else f'teacher K={k} weight {b}'
-        print(f'{name} seed {seed} {label}: APGR %.4f CPT(50%%) %.4f' % metrics(sc, s, w), flush=True)
+        a, c = metrics(sc, s, w); res.setdefault(label, []).append((a, c))
+        print(f'{name} seed {seed} {label}: APGR %.4f CPT(50%%) %.4f' % (a, c), flush=True)
+for label, v in res.items():
+    print(f'{name} mean {label}: APGR %.4f CPT(50%%) %.4f' % tuple(np.mean(v, 0)))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the negative results quoted in ROUTING.md ("Reading the results honestly"): three quick
-# sklearn proxies that did not help the prompt router. About 5 minutes on 2 cores.
+# sklearn proxies that did not help the prompt router, and the MMLU subject oracle. About 15 minutes
+# on 2 cores (the router's out-of-fold scores come first).
 # Needs numpy, scipy and scikit-learn (pip) and the shared data; run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,3 +23,5 @@ echo "== GSM8K: weak labels pulled toward the answer verifier's risk (n-gram pro
 python3 experiments/negative/teacher_smoothing.py
 echo "== MMLU: option/stem features stacked on the router's out-of-fold score"
 python3 experiments/negative/mmlu_options.py
+echo "== MMLU: the router blended with each prompt's true subject (an oracle), best weight after the fact"
+python3 experiments/negative/subject_oracle.py
