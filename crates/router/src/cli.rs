@@ -110,9 +110,10 @@ pub struct TrainArgs {
     /// Leaves per tree.
     #[arg(long, default_value_t = 15)]
     pub tree_leaves: usize,
-    /// Fewest training rows per leaf.
-    #[arg(long, default_value_t = 40)]
-    pub tree_min_leaf: usize,
+    /// Fewest training rows per leaf (default: 40, 20 or 10, chosen with the blend weight by the same
+    /// cross-validation on the training data).
+    #[arg(long)]
+    pub tree_min_leaf: Option<usize>,
     /// Learning rate (shrinkage) of the boosting.
     #[arg(long, default_value_t = 0.04)]
     pub tree_lr: f32,
@@ -150,11 +151,15 @@ impl TrainArgs {
             trees: TreeConfig {
                 rounds: self.trees,
                 max_leaves: self.tree_leaves,
-                min_leaf: self.tree_min_leaf,
+                min_leaf: self.tree_min_leaf.unwrap_or(TreeConfig::default().min_leaf),
                 learning_rate: self.tree_lr,
                 ..TreeConfig::default()
             },
             tree_blend: self.tree_blend,
+            tree_min_leaf_grid: match self.tree_min_leaf {
+                Some(_) => Vec::new(),
+                None => crate::learned::MIN_LEAF_GRID.to_vec(),
+            },
         }
     }
 }
@@ -356,16 +361,18 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
             let cfg = train_args.config();
             let data_name = data.display().to_string();
             let trained_on: Vec<String> = train.iter().map(|p| p.display().to_string()).collect();
-            let mut tree_blend = Vec::new();
+            let (mut tree_blend, mut tree_min_leaf) = (Vec::new(), Vec::new());
             let (scores, folds, mode) = if router == RouterName::Learned {
                 if let Some(k) = cv {
                     let extra = load_all(&train)?;
                     let cv = eval::cross_val_scores(&rows, &extra, k, seed, &cfg, threads)?;
                     tree_blend = cv.tree_blend;
+                    tree_min_leaf = cv.tree_min_leaf;
                     (cv.scores, Some((cv.folds, k)), "cv")
                 } else if !train.is_empty() {
                     let model = eval::train_on(&load_all(&train)?, &cfg)?;
                     tree_blend.push(model.tree_blend());
+                    tree_min_leaf.push(model.tree_min_leaf());
                     (eval::score_rows(&model, &rows), None, "train-test")
                 } else {
                     let model = learned_from(weights.as_deref())?;
@@ -373,6 +380,7 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
                         "note: scoring with the shipped weights; if they were trained on {data_name} the figures are in-sample (use --cv K or --train FILES)"
                     );
                     tree_blend.push(model.tree_blend());
+                    tree_min_leaf.push(model.tree_min_leaf());
                     (eval::score_rows(&model, &rows), None, "shipped")
                 }
             } else {
@@ -419,6 +427,7 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
                     seed,
                     folds: folds.as_ref().map(|(f, k)| (f.as_slice(), *k)),
                     tree_blend,
+                    tree_min_leaf,
                     cascade_scores: cascade_scores.as_ref().map(|(s, m)| (s.as_slice(), m.clone())),
                 },
                 &rows,
@@ -588,6 +597,8 @@ pub fn table(r: &EvalReport) -> String {
     if !r.tree_blend.is_empty() {
         let w: Vec<String> = r.tree_blend.iter().map(|w| format!("{w:.1}")).collect();
         s += &format!("  tree blend  {}\n", w.join(", "));
+        let m: Vec<String> = r.tree_min_leaf.iter().map(|m| m.to_string()).collect();
+        s += &format!("  tree leaves at least {} rows\n", m.join(", "));
     }
     s += &format!(
         "  CPT(50%)    {}\n  CPT(80%)    {}\n",

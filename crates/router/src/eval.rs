@@ -83,6 +83,8 @@ pub struct CvScores {
     pub folds: Vec<usize>,
     /// The weight of the boosted trees in each fold's model ([`LearnedScorer::tree_blend`]).
     pub tree_blend: Vec<f32>,
+    /// Their leaf size in each fold's model ([`LearnedScorer::tree_min_leaf`]).
+    pub tree_min_leaf: Vec<usize>,
 }
 
 /// Out-of-fold scores from k-fold cross-validation (folds from a seeded shuffle). `extra` rows are
@@ -103,7 +105,7 @@ pub fn cross_val_scores(
     }
     let fold_of = folds(rows.len(), k, seed);
     let extra_ex = examples(extra, cfg);
-    type FoldScores = (Vec<(usize, f32)>, f32);
+    type FoldScores = (Vec<(usize, f32)>, f32, usize);
     let run_fold = |f: usize| -> Result<FoldScores, TrainError> {
         let train_rows: Vec<Row> = rows
             .iter()
@@ -120,10 +122,11 @@ pub fn cross_val_scores(
             .filter(|(i, _)| fold_of[*i] == f)
             .map(|(i, r)| (i, model.score(&r.conv)))
             .collect();
-        Ok((scores, model.tree_blend()))
+        Ok((scores, model.tree_blend(), model.tree_min_leaf()))
     };
     let mut scores = vec![0.0f32; rows.len()];
     let mut tree_blend = Vec::with_capacity(k);
+    let mut tree_min_leaf = Vec::with_capacity(k);
     let threads = threads.clamp(1, k);
     let folds: Vec<usize> = (0..k).collect();
     for chunk in folds.chunks(threads) {
@@ -138,17 +141,19 @@ pub fn cross_val_scores(
                 .collect()
         });
         for r in results {
-            let (fold_scores, blend) = r?;
+            let (fold_scores, blend, min_leaf) = r?;
             for (i, sc) in fold_scores {
                 scores[i] = sc;
             }
             tree_blend.push(blend);
+            tree_min_leaf.push(min_leaf);
         }
     }
     Ok(CvScores {
         scores,
         folds: fold_of,
         tree_blend,
+        tree_min_leaf,
     })
 }
 
@@ -222,6 +227,8 @@ pub struct EvalReport {
     /// Weight of the boosted trees in the learned model of each fold (one value without folds; empty
     /// for rules).
     pub tree_blend: Vec<f32>,
+    /// The trees' leaf size in the same models (0: no trees).
+    pub tree_min_leaf: Vec<usize>,
     /// The legacy rule `prompt > 60 chars -> strong` as one operating point.
     pub length_rule: OperatingPoint,
     /// Versus the length rule used under a budget (random pick among prompts over 60 chars).
@@ -255,6 +262,8 @@ pub struct Provenance<'a> {
     pub folds: Option<(&'a [usize], usize)>,
     /// The learned models' tree blend weights (see [`EvalReport::tree_blend`]).
     pub tree_blend: Vec<f32>,
+    /// The learned models' tree leaf sizes (see [`EvalReport::tree_min_leaf`]).
+    pub tree_min_leaf: Vec<usize>,
     /// The cascade's ranking scores ([`crate::verifier::cascade_scores`]) and where its verifier came from.
     pub cascade_scores: Option<(&'a [f32], String)>,
 }
@@ -348,6 +357,7 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
         seed,
         folds: fold_of,
         tree_blend,
+        tree_min_leaf,
         cascade_scores,
     } = p;
     let out = outcomes(rows);
@@ -407,6 +417,7 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
         max_pgr_at,
         fold_apgr,
         tree_blend,
+        tree_min_leaf,
         length_rule,
         vs_length_rule: margin(&curve, &length_rule_curve),
         length_curve: CurveSummary::of(&length_score_curve),

@@ -118,6 +118,11 @@ pub struct TrainConfig {
     /// [`BLEND_GRID`] by 5-fold cross-validation inside the training set (the APGR of the blend).
     #[serde(default)]
     pub tree_blend: Option<f32>,
+    /// Leaf sizes (the fewest rows a leaf) tried by the same inner cross-validation, together with the
+    /// blend weight. Empty: `trees.min_leaf`, fixed. Small training sets (a few hundred prompts) want
+    /// smaller leaves than large ones.
+    #[serde(default)]
+    pub tree_min_leaf_grid: Vec<usize>,
 }
 
 fn no_trees() -> TreeConfig {
@@ -129,6 +134,8 @@ fn no_trees() -> TreeConfig {
 
 /// Tree blend weights tried when [`TrainConfig::tree_blend`] is `None`.
 pub const BLEND_GRID: [f32; 7] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
+/// Leaf sizes tried by default ([`TrainConfig::tree_min_leaf_grid`]); on ties the larger wins.
+pub const MIN_LEAF_GRID: [usize; 3] = [40, 20, 10];
 /// Folds of the inner cross-validation that picks the blend weight, and the seed of their shuffle.
 const BLEND_FOLDS: usize = 5;
 const BLEND_SEED: u64 = 7;
@@ -151,6 +158,7 @@ impl Default for TrainConfig {
             group_smooth: 0.5,
             trees: TreeConfig::default(),
             tree_blend: None,
+            tree_min_leaf_grid: MIN_LEAF_GRID.to_vec(),
         }
     }
 }
@@ -218,6 +226,9 @@ pub struct LearnedScorer {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Boost {
     blend: f32,
+    /// The fewest rows a leaf was allowed (informational; 0 in weights from before it was recorded).
+    #[serde(default)]
+    min_leaf: usize,
     forest: Forest,
 }
 
@@ -376,6 +387,11 @@ impl LearnedScorer {
     /// The weight of the boosted trees in the score (0 without trees).
     pub fn tree_blend(&self) -> f32 {
         self.boost.as_ref().map_or(0.0, |b| b.blend)
+    }
+
+    /// The fewest training rows a leaf of the trees was allowed (0 without trees, or unrecorded).
+    pub fn tree_min_leaf(&self) -> usize {
+        self.boost.as_ref().map_or(0, |b| b.min_leaf)
     }
 
     /// The n-gram hashing these weights were trained with.
@@ -577,6 +593,9 @@ pub fn train_with_features(
     if cfg.tree_blend.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
         return Err(TrainError::Config("tree blend must be in [0, 1]".into()));
     }
+    if cfg.tree_min_leaf_grid.contains(&0) {
+        return Err(TrainError::Config("tree leaf sizes must be at least 1".into()));
+    }
     // the other targets have no gain for the trees to fit: they get none
     let boost = if cfg.trees.rounds > 0 && gain_target {
         fit_boost(&rows, cfg)?
@@ -604,45 +623,90 @@ fn gain_label(labels: &[f64], target: Target) -> f32 {
     }
 }
 
-/// Fits the trees on all rows and picks their blend weight (given, or by inner cross-validation).
-/// `None` when the trees learned nothing (too few rows for a leaf, or a constant label).
+/// Fits the trees on all rows, with their blend weight and leaf size given or picked by inner
+/// cross-validation. `None` when the trees learned nothing (too few rows for a leaf, or a constant label).
 fn fit_boost(rows: &[Row], cfg: &TrainConfig) -> Result<Option<Boost>, TrainError> {
     // the rows' dense features are still the raw ones: neighbour features are stacked later, on copies
     let x: Vec<&[f32]> = rows.iter().map(|r| r.dense.as_slice()).collect();
     let y: Vec<f32> = rows.iter().map(|r| gain_label(&r.labels, cfg.target)).collect();
     let w: Vec<f32> = rows.iter().map(|r| r.weight as f32).collect();
-    let forest = trees::fit(&x, &y, &w, &cfg.trees).map_err(TrainError::Config)?;
+    let leaf_grid: Vec<usize> = if cfg.tree_min_leaf_grid.is_empty() {
+        vec![cfg.trees.min_leaf]
+    } else {
+        cfg.tree_min_leaf_grid.clone()
+    };
+    // No split can leave the smallest leaf on both sides, or nothing varies: no trees, and no inner
+    // cross-validation to find that out.
+    let smallest = leaf_grid.iter().copied().min().unwrap_or(cfg.trees.min_leaf);
+    if rows.len() < 2 * smallest || y.iter().all(|&v| v == y[0]) {
+        return Ok(None);
+    }
+    let (blend, min_leaf) = match (cfg.tree_blend, leaf_grid.as_slice()) {
+        (Some(a), [m]) => (a, *m),
+        // trees with no weight: their leaf size changes nothing
+        (Some(a), [m, ..]) if a == 0.0 => (a, *m),
+        _ => pick_trees(rows, &x, &y, &w, cfg, &leaf_grid)?,
+    };
+    let tcfg = TreeConfig {
+        min_leaf,
+        ..cfg.trees.clone()
+    };
+    let forest = trees::fit(&x, &y, &w, &tcfg).map_err(TrainError::Config)?;
     forest.validate().map_err(TrainError::Config)?;
     if forest.trees.is_empty() {
         return Ok(None);
     }
-    let blend = match cfg.tree_blend {
-        Some(a) => a,
-        None => pick_blend(rows, &x, &y, &w, cfg)?,
-    };
-    Ok(Some(Boost { blend, forest }))
+    Ok(Some(Boost {
+        blend,
+        min_leaf,
+        forest,
+    }))
 }
 
-/// The tree weight from [`BLEND_GRID`] whose blend orders best (APGR) the out-of-fold scores of an
-/// inner cross-validation on the training rows (heads and trees both refitted per fold). Ties go to
-/// the smaller weight; too few rows give 0.
-fn pick_blend(rows: &[Row], x: &[&[f32]], y: &[f32], w: &[f32], cfg: &TrainConfig) -> Result<f32, TrainError> {
+/// The tree weight (from [`BLEND_GRID`], or the fixed one) and leaf size (from `leaf_grid`) whose blend
+/// orders best (APGR) the out-of-fold scores of an inner cross-validation on the training rows (heads
+/// and trees refitted per fold). Ties go to the smaller weight, then to the earlier leaf size; too few
+/// rows give weight 0 (or the fixed one) and the first leaf size.
+fn pick_trees(
+    rows: &[Row],
+    x: &[&[f32]],
+    y: &[f32],
+    w: &[f32],
+    cfg: &TrainConfig,
+    leaf_grid: &[usize],
+) -> Result<(f32, usize), TrainError> {
+    let fixed = cfg.tree_blend.map(|a| [a]);
+    let blends: &[f32] = match &fixed {
+        Some(a) => a,
+        None => &BLEND_GRID,
+    };
+    let first_leaf = leaf_grid.first().copied().unwrap_or(cfg.trees.min_leaf);
     let n = rows.len();
     if n < 4 * BLEND_FOLDS {
-        return Ok(0.0);
+        return Ok((cfg.tree_blend.unwrap_or(0.0), first_leaf));
     }
     let fold = crate::eval::folds(n, BLEND_FOLDS, BLEND_SEED);
-    let (mut heads, mut forest) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let mut heads = vec![0.0f32; n];
+    let mut forest = vec![vec![0.0f32; n]; leaf_grid.len()];
     for f in 0..BLEND_FOLDS {
         let inside = |i: &usize| fold[*i] != f;
         let train_rows: Vec<Row> = (0..n).filter(inside).map(|i| rows[i].clone()).collect();
         let pick = |v: &[f32]| -> Vec<f32> { (0..n).filter(inside).map(|i| v[i]).collect() };
         let xs: Vec<&[f32]> = (0..n).filter(inside).map(|i| x[i]).collect();
-        let trees = trees::fit(&xs, &pick(y), &pick(w), &cfg.trees).map_err(TrainError::Config)?;
+        let (ys, ws) = (pick(y), pick(w));
         let model = fit_heads(train_rows, cfg)?;
         for i in (0..n).filter(|&i| fold[i] == f) {
             heads[i] = model.heads_score(&rows[i].sparse, x[i]);
-            forest[i] = trees.predict(x[i]);
+        }
+        for (g, &min_leaf) in leaf_grid.iter().enumerate() {
+            let tcfg = TreeConfig {
+                min_leaf,
+                ..cfg.trees.clone()
+            };
+            let trees = trees::fit(&xs, &ys, &ws, &tcfg).map_err(TrainError::Config)?;
+            for i in (0..n).filter(|&i| fold[i] == f) {
+                forest[g][i] = trees.predict(x[i]);
+            }
         }
     }
     // Judged on the rows' own outcomes, not the group-smoothed labels. The curve depends only on the
@@ -657,15 +721,24 @@ fn pick_blend(rows: &[Row], x: &[&[f32]], y: &[f32], w: &[f32], cfg: &TrainConfi
             weak: 0.0,
         })
         .collect();
-    let mut best = (0.0f32, f64::NEG_INFINITY);
-    for a in BLEND_GRID {
-        let s: Vec<f32> = heads.iter().zip(&forest).map(|(h, t)| (1.0 - a) * h + a * t).collect();
-        let Ok(c) = Curve::from_scores(&s, &outcomes) else {
-            return Ok(0.0); // no gain to order by
-        };
-        let area = (c.apgr() - 0.5) * (c.q_strong - c.q_weak);
-        if area > best.1 + 1e-12 {
-            best = (a, area);
+    let mut best = ((cfg.tree_blend.unwrap_or(0.0), first_leaf), f64::NEG_INFINITY);
+    for &a in blends {
+        for (g, &min_leaf) in leaf_grid.iter().enumerate() {
+            let s: Vec<f32> = heads
+                .iter()
+                .zip(&forest[g])
+                .map(|(h, t)| (1.0 - a) * h + a * t)
+                .collect();
+            let Ok(c) = Curve::from_scores(&s, &outcomes) else {
+                return Ok((cfg.tree_blend.unwrap_or(0.0), first_leaf)); // no gain to order by
+            };
+            let area = (c.apgr() - 0.5) * (c.q_strong - c.q_weak);
+            if area > best.1 + 1e-12 {
+                best = ((a, min_leaf), area);
+            }
+            if a == 0.0 {
+                break; // without the trees their leaf size changes nothing
+            }
         }
     }
     Ok(best.0)
@@ -1375,6 +1448,7 @@ mod tests {
                 min_leaf: 10,
                 ..TreeConfig::default()
             },
+            tree_min_leaf_grid: Vec::new(),
             ..small_cfg()
         };
         let train_set = banded(400, 0);
@@ -1431,6 +1505,13 @@ mod tests {
             ..cfg.clone()
         };
         assert!(train(&banded(60, 2), &strict).unwrap().boost.is_none());
+        // with a grid, the smallest leaf size decides whether trees can be fitted at all
+        let grid = |g: Vec<usize>| TrainConfig {
+            tree_min_leaf_grid: g,
+            ..strict.clone()
+        };
+        assert!(train(&banded(60, 2), &grid(vec![40, 35])).unwrap().boost.is_none());
+        assert!(train(&banded(60, 2), &grid(vec![40, 0])).is_err());
         // a target without a gain gets no trees; asking for a blend with one is an error
         let single = TrainConfig {
             target: Target::WeakWrong,
@@ -1454,6 +1535,55 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// The inner cross-validation picks the leaf size with the blend weight: a leaf size too large for
+    /// any split gives trees that change no ranking, so only the small one can win; a fixed blend of 0
+    /// needs no choice at all.
+    #[test]
+    fn leaf_size_is_chosen_with_the_blend_weight() {
+        let base = TrainConfig {
+            trees: TreeConfig {
+                rounds: 60,
+                learning_rate: 0.2,
+                ..TreeConfig::default()
+            },
+            ..small_cfg()
+        };
+        let train_set = banded(400, 0);
+        for grid in [vec![1000, 10], vec![10, 1000]] {
+            let model = train(
+                &train_set,
+                &TrainConfig {
+                    tree_min_leaf_grid: grid.clone(),
+                    ..base.clone()
+                },
+            )
+            .unwrap();
+            assert_eq!(model.tree_min_leaf(), 10, "{grid:?}");
+            assert!(model.tree_blend() > 0.0, "{grid:?}");
+            // the leaf size is recorded in the weights file
+            let back = LearnedScorer::from_json(&model.to_json().unwrap()).unwrap();
+            assert_eq!(back.tree_min_leaf(), 10);
+        }
+        // a fixed weight with a grid: the leaf size is still chosen
+        let fixed = TrainConfig {
+            tree_blend: Some(0.5),
+            tree_min_leaf_grid: vec![1000, 10],
+            ..base.clone()
+        };
+        assert_eq!(train(&train_set, &fixed).unwrap().tree_min_leaf(), 10);
+        // weight 0: the first leaf size, no inner cross-validation
+        let zero = TrainConfig {
+            tree_blend: Some(0.0),
+            tree_min_leaf_grid: vec![10, 20],
+            ..base.clone()
+        };
+        let m = train(&train_set, &zero).unwrap();
+        assert_eq!((m.tree_blend(), m.tree_min_leaf()), (0.0, 10));
+        // the default grid, largest first
+        assert_eq!(TrainConfig::default().tree_min_leaf_grid, MIN_LEAF_GRID.to_vec());
+        assert!(MIN_LEAF_GRID.windows(2).all(|w| w[0] > w[1]));
     }
 
     #[test]

@@ -50,6 +50,14 @@ fn gsm8k_cross_validation_beats_random_and_shipped_weights_score_every_line() {
         "{:?}",
         cv.tree_blend
     );
+    // each fold's trees use a leaf size from the grid its inner cross-validation chose among
+    assert!(
+        cv.tree_min_leaf
+            .iter()
+            .all(|m| optiroute_router::learned::MIN_LEAF_GRID.contains(m)),
+        "{:?}",
+        cv.tree_min_leaf
+    );
     assert_eq!(folds.iter().filter(|&&f| f == 0).count(), 308);
     let curve = Curve::from_scores(&scores, &out).unwrap();
     let apgr = curve.apgr();
