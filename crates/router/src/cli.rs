@@ -597,8 +597,15 @@ pub fn table(r: &EvalReport) -> String {
     if !r.tree_blend.is_empty() {
         let w: Vec<String> = r.tree_blend.iter().map(|w| format!("{w:.1}")).collect();
         s += &format!("  tree blend  {}\n", w.join(", "));
-        let m: Vec<String> = r.tree_min_leaf.iter().map(|m| m.to_string()).collect();
-        s += &format!("  tree leaves at least {} rows\n", m.join(", "));
+        // 0: that model has no trees
+        if r.tree_min_leaf.iter().any(|&m| m > 0) {
+            let m: Vec<String> = r
+                .tree_min_leaf
+                .iter()
+                .map(|&m| if m > 0 { m.to_string() } else { "-".into() })
+                .collect();
+            s += &format!("  tree leaves at least {} rows\n", m.join(", "));
+        }
     }
     s += &format!(
         "  CPT(50%)    {}\n  CPT(80%)    {}\n",
@@ -755,4 +762,39 @@ pub fn render_plot(r: &EvalReport, heuristic: Option<&Curve>) -> String {
         &series,
         &markers,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn table_shows_tree_leaf_sizes_and_folds_without_trees() {
+        let text = (0..8)
+            .map(|i| {
+                format!(
+                    r#"{{"prompt": "q{i}", "strong_correct": {}, "weak_correct": {}}}"#,
+                    i % 2 == 0,
+                    i % 4 == 0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let rows = crate::data::parse_rows(&text, "t", true).unwrap();
+        let scores: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
+        let with = |tree_min_leaf: Vec<usize>| {
+            let p = eval::Provenance {
+                router: "learned",
+                mode: "cv",
+                tree_blend: vec![0.3; tree_min_leaf.len()],
+                tree_min_leaf,
+                ..Default::default()
+            };
+            table(&eval::report(p, &rows, &scores).unwrap())
+        };
+        let t = with(vec![20, 0, 10]);
+        assert!(t.contains("tree leaves at least 20, -, 10 rows"), "{t}");
+        assert!(!with(vec![0, 0]).contains("tree leaves"));
+    }
 }
