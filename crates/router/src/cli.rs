@@ -361,26 +361,23 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
             let cfg = train_args.config();
             let data_name = data.display().to_string();
             let trained_on: Vec<String> = train.iter().map(|p| p.display().to_string()).collect();
-            let (mut tree_blend, mut tree_min_leaf) = (Vec::new(), Vec::new());
+            let mut trees = Vec::new();
             let (scores, folds, mode) = if router == RouterName::Learned {
                 if let Some(k) = cv {
                     let extra = load_all(&train)?;
                     let cv = eval::cross_val_scores(&rows, &extra, k, seed, &cfg, threads)?;
-                    tree_blend = cv.tree_blend;
-                    tree_min_leaf = cv.tree_min_leaf;
+                    trees = cv.trees;
                     (cv.scores, Some((cv.folds, k)), "cv")
                 } else if !train.is_empty() {
                     let model = eval::train_on(&load_all(&train)?, &cfg)?;
-                    tree_blend.push(model.tree_blend());
-                    tree_min_leaf.push(model.tree_min_leaf());
+                    trees.push(model.tree_fit());
                     (eval::score_rows(&model, &rows), None, "train-test")
                 } else {
                     let model = learned_from(weights.as_deref())?;
                     eprintln!(
                         "note: scoring with the shipped weights; if they were trained on {data_name} the figures are in-sample (use --cv K or --train FILES)"
                     );
-                    tree_blend.push(model.tree_blend());
-                    tree_min_leaf.push(model.tree_min_leaf());
+                    trees.push(model.tree_fit());
                     (eval::score_rows(&model, &rows), None, "shipped")
                 }
             } else {
@@ -426,8 +423,7 @@ fn run_inner(cmd: RouterCommand) -> anyhow::Result<()> {
                     trained_on,
                     seed,
                     folds: folds.as_ref().map(|(f, k)| (f.as_slice(), *k)),
-                    tree_blend,
-                    tree_min_leaf,
+                    trees,
                     cascade_scores: cascade_scores.as_ref().map(|(s, m)| (s.as_slice(), m.clone())),
                 },
                 &rows,
@@ -783,12 +779,14 @@ mod tests {
             .join("\n");
         let rows = crate::data::parse_rows(&text, "t", true).unwrap();
         let scores: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
-        let with = |tree_min_leaf: Vec<usize>| {
+        let with = |leaves: Vec<usize>| {
             let p = eval::Provenance {
                 router: "learned",
                 mode: "cv",
-                tree_blend: vec![0.3; tree_min_leaf.len()],
-                tree_min_leaf,
+                trees: leaves
+                    .into_iter()
+                    .map(|min_leaf| crate::learned::TreeFit { blend: 0.3, min_leaf })
+                    .collect(),
                 ..Default::default()
             };
             table(&eval::report(p, &rows, &scores).unwrap())

@@ -3,7 +3,7 @@
 
 use crate::cascade::{self, CascadeReport, CheckOptions};
 use crate::data::{Row, outcomes};
-use crate::learned::{Example, LearnedScorer, TrainConfig, TrainError, train};
+use crate::learned::{Example, LearnedScorer, TrainConfig, TrainError, TreeFit, train};
 use crate::metrics::{Curve, MetricError, OperatingPoint, operating_point};
 use crate::scorer::{HeuristicScorer, LengthRule, RandomScorer, Scorer};
 use serde::Serialize;
@@ -81,10 +81,8 @@ pub struct CvScores {
     pub scores: Vec<f32>,
     /// Fold of each row.
     pub folds: Vec<usize>,
-    /// The weight of the boosted trees in each fold's model ([`LearnedScorer::tree_blend`]).
-    pub tree_blend: Vec<f32>,
-    /// Their leaf size in each fold's model ([`LearnedScorer::tree_min_leaf`]).
-    pub tree_min_leaf: Vec<usize>,
+    /// The boosted trees of each fold's model ([`LearnedScorer::tree_fit`]).
+    pub trees: Vec<TreeFit>,
 }
 
 /// Out-of-fold scores from k-fold cross-validation (folds from a seeded shuffle). `extra` rows are
@@ -105,7 +103,7 @@ pub fn cross_val_scores(
     }
     let fold_of = folds(rows.len(), k, seed);
     let extra_ex = examples(extra, cfg);
-    type FoldScores = (Vec<(usize, f32)>, f32, usize);
+    type FoldScores = (Vec<(usize, f32)>, TreeFit);
     let run_fold = |f: usize| -> Result<FoldScores, TrainError> {
         let train_rows: Vec<Row> = rows
             .iter()
@@ -122,11 +120,10 @@ pub fn cross_val_scores(
             .filter(|(i, _)| fold_of[*i] == f)
             .map(|(i, r)| (i, model.score(&r.conv)))
             .collect();
-        Ok((scores, model.tree_blend(), model.tree_min_leaf()))
+        Ok((scores, model.tree_fit()))
     };
     let mut scores = vec![0.0f32; rows.len()];
-    let mut tree_blend = Vec::with_capacity(k);
-    let mut tree_min_leaf = Vec::with_capacity(k);
+    let mut trees = Vec::with_capacity(k);
     let threads = threads.clamp(1, k);
     let folds: Vec<usize> = (0..k).collect();
     for chunk in folds.chunks(threads) {
@@ -141,19 +138,17 @@ pub fn cross_val_scores(
                 .collect()
         });
         for r in results {
-            let (fold_scores, blend, min_leaf) = r?;
+            let (fold_scores, fit) = r?;
             for (i, sc) in fold_scores {
                 scores[i] = sc;
             }
-            tree_blend.push(blend);
-            tree_min_leaf.push(min_leaf);
+            trees.push(fit);
         }
     }
     Ok(CvScores {
         scores,
         folds: fold_of,
-        tree_blend,
-        tree_min_leaf,
+        trees,
     })
 }
 
@@ -260,10 +255,8 @@ pub struct Provenance<'a> {
     pub seed: u64,
     /// Fold of each row and the number of folds, for cross-validated scores.
     pub folds: Option<(&'a [usize], usize)>,
-    /// The learned models' tree blend weights (see [`EvalReport::tree_blend`]).
-    pub tree_blend: Vec<f32>,
-    /// The learned models' tree leaf sizes (see [`EvalReport::tree_min_leaf`]).
-    pub tree_min_leaf: Vec<usize>,
+    /// The learned models' boosted trees (see [`EvalReport::tree_blend`]); empty for rules.
+    pub trees: Vec<TreeFit>,
     /// The cascade's ranking scores ([`crate::verifier::cascade_scores`]) and where its verifier came from.
     pub cascade_scores: Option<(&'a [f32], String)>,
 }
@@ -356,8 +349,7 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
         trained_on,
         seed,
         folds: fold_of,
-        tree_blend,
-        tree_min_leaf,
+        trees,
         cascade_scores,
     } = p;
     let out = outcomes(rows);
@@ -416,8 +408,8 @@ pub fn report(p: Provenance<'_>, rows: &[Row], scores: &[f32]) -> Result<EvalRep
         max_pgr,
         max_pgr_at,
         fold_apgr,
-        tree_blend,
-        tree_min_leaf,
+        tree_blend: trees.iter().map(|t| t.blend).collect(),
+        tree_min_leaf: trees.iter().map(|t| t.min_leaf).collect(),
         length_rule,
         vs_length_rule: margin(&curve, &length_rule_curve),
         length_curve: CurveSummary::of(&length_score_curve),

@@ -222,6 +222,14 @@ pub struct LearnedScorer {
     meta: serde_json::Value,
 }
 
+/// What the training chose for the boosted trees: their weight in the score and the fewest rows a
+/// leaf was allowed (0 without trees, or in weights from before it was recorded).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TreeFit {
+    pub blend: f32,
+    pub min_leaf: usize,
+}
+
 /// Boosted trees over the raw dense features and their weight in the score.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Boost {
@@ -389,9 +397,12 @@ impl LearnedScorer {
         self.boost.as_ref().map_or(0.0, |b| b.blend)
     }
 
-    /// The fewest training rows a leaf of the trees was allowed (0 without trees, or unrecorded).
-    pub fn tree_min_leaf(&self) -> usize {
-        self.boost.as_ref().map_or(0, |b| b.min_leaf)
+    /// The trees' weight and leaf size (zeros without trees).
+    pub fn tree_fit(&self) -> TreeFit {
+        self.boost.as_ref().map_or(TreeFit::default(), |b| TreeFit {
+            blend: b.blend,
+            min_leaf: b.min_leaf,
+        })
     }
 
     /// The n-gram hashing these weights were trained with.
@@ -680,10 +691,14 @@ fn pick_trees(
         Some(a) => a,
         None => &BLEND_GRID,
     };
-    let first_leaf = leaf_grid.first().copied().unwrap_or(cfg.trees.min_leaf);
+    // too few rows, or no gain to order by
+    let fallback = (
+        cfg.tree_blend.unwrap_or(0.0),
+        leaf_grid.first().copied().unwrap_or(cfg.trees.min_leaf),
+    );
     let n = rows.len();
     if n < 4 * BLEND_FOLDS {
-        return Ok((cfg.tree_blend.unwrap_or(0.0), first_leaf));
+        return Ok(fallback);
     }
     let fold = crate::eval::folds(n, BLEND_FOLDS, BLEND_SEED);
     let mut heads = vec![0.0f32; n];
@@ -721,7 +736,7 @@ fn pick_trees(
             weak: 0.0,
         })
         .collect();
-    let mut best = ((cfg.tree_blend.unwrap_or(0.0), first_leaf), f64::NEG_INFINITY);
+    let mut best = (fallback, f64::NEG_INFINITY);
     for &a in blends {
         for (g, &min_leaf) in leaf_grid.iter().enumerate() {
             let s: Vec<f32> = heads
@@ -730,7 +745,7 @@ fn pick_trees(
                 .map(|(h, t)| (1.0 - a) * h + a * t)
                 .collect();
             let Ok(c) = Curve::from_scores(&s, &outcomes) else {
-                return Ok((cfg.tree_blend.unwrap_or(0.0), first_leaf)); // no gain to order by
+                return Ok(fallback);
             };
             let area = (c.apgr() - 0.5) * (c.q_strong - c.q_weak);
             if area > best.1 + 1e-12 {
@@ -1560,11 +1575,11 @@ mod tests {
                 },
             )
             .unwrap();
-            assert_eq!(model.tree_min_leaf(), 10, "{grid:?}");
+            assert_eq!(model.tree_fit().min_leaf, 10, "{grid:?}");
             assert!(model.tree_blend() > 0.0, "{grid:?}");
             // the leaf size is recorded in the weights file
             let back = LearnedScorer::from_json(&model.to_json().unwrap()).unwrap();
-            assert_eq!(back.tree_min_leaf(), 10);
+            assert_eq!(back.tree_fit().min_leaf, 10);
         }
         // a fixed weight with a grid: the leaf size is still chosen
         let fixed = TrainConfig {
@@ -1572,7 +1587,7 @@ mod tests {
             tree_min_leaf_grid: vec![1000, 10],
             ..base.clone()
         };
-        assert_eq!(train(&train_set, &fixed).unwrap().tree_min_leaf(), 10);
+        assert_eq!(train(&train_set, &fixed).unwrap().tree_fit().min_leaf, 10);
         // weight 0: the first leaf size, no inner cross-validation
         let zero = TrainConfig {
             tree_blend: Some(0.0),
@@ -1580,7 +1595,7 @@ mod tests {
             ..base.clone()
         };
         let m = train(&train_set, &zero).unwrap();
-        assert_eq!((m.tree_blend(), m.tree_min_leaf()), (0.0, 10));
+        assert_eq!((m.tree_blend(), m.tree_fit().min_leaf), (0.0, 10));
         // the default grid, largest first
         assert_eq!(TrainConfig::default().tree_min_leaf_grid, MIN_LEAF_GRID.to_vec());
         assert!(MIN_LEAF_GRID.windows(2).all(|w| w[0] > w[1]));

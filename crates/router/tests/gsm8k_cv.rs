@@ -44,19 +44,19 @@ fn gsm8k_cross_validation_beats_random_and_shipped_weights_score_every_line() {
     };
     let cv = cross_val_scores(&rows, &[], 3, 7, &cfg, 2).unwrap();
     let (scores, folds) = (cv.scores, cv.folds);
-    assert_eq!(cv.tree_blend.len(), 3);
+    assert_eq!(cv.trees.len(), 3);
     assert!(
-        cv.tree_blend.iter().all(|w| (0.0..=0.6).contains(w)),
+        cv.trees.iter().all(|t| (0.0..=0.6).contains(&t.blend)),
         "{:?}",
-        cv.tree_blend
+        cv.trees
     );
     // each fold's trees use a leaf size from the grid its inner cross-validation chose among
     assert!(
-        cv.tree_min_leaf
+        cv.trees
             .iter()
-            .all(|m| optiroute_router::learned::MIN_LEAF_GRID.contains(m)),
+            .all(|t| optiroute_router::learned::MIN_LEAF_GRID.contains(&t.min_leaf)),
         "{:?}",
-        cv.tree_min_leaf
+        cv.trees
     );
     assert_eq!(folds.iter().filter(|&&f| f == 0).count(), 308);
     let curve = Curve::from_scores(&scores, &out).unwrap();
